@@ -1,0 +1,1 @@
+# Custom ops with a pure-PyTorch reference path and optional CUDA kernels.
