@@ -1,0 +1,26 @@
+"""gan_refine: refine pretrained GAN generators with Diff-Instruct against a diffusion teacher.
+
+Importing this package makes `dnnlib` and `torch_utils` importable under their upstream names
+(our own implementation, see `gan_refine.compat`) unless the user already has their own, which
+always wins. Loading a network pickle runs code stored inside it: only load files you trust.
+"""
+
+from . import compat as _compat
+
+_compat.install()
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_network_pkl": ("gan_refine.pickles", "load_network_pkl"),
+    "save_network_pkl": ("gan_refine.pickles", "save_network_pkl"),
+}
+
+
+def __getattr__(name):
+    # Lazy so that `import gan_refine` stays cheap and the CLI starts fast.
+    if name in _LAZY:
+        import importlib
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'gan_refine' has no attribute {name!r}")

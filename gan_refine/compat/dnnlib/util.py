@@ -1,0 +1,289 @@
+"""`dnnlib.util`: the helpers StyleGAN/EDM code and pickles expect, written for gan_refine.
+
+Pickles reference `dnnlib.util.EasyDict` by name; training and metric scripts call `open_url`
+to fetch network pickles and detectors. Downloads go through `requests` into a cache folder
+(`$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`), written atomically so an interrupted transfer
+never leaves a file that looks complete.
+"""
+
+import hashlib
+import importlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from typing import Any
+
+
+class EasyDict(dict):
+    """A dict whose keys can also be read and written as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+
+# Pickled EasyDicts must name `dnnlib.util`, whichever way this module was imported.
+EasyDict.__module__ = "dnnlib.util"
+
+
+# ----------------------------------------------------------------------------
+# Cache folder.
+
+_dnnlib_cache_dir = None
+
+
+def set_cache_dir(path: str) -> None:
+    global _dnnlib_cache_dir
+    _dnnlib_cache_dir = path
+
+
+def make_cache_dir_path(*paths: str) -> str:
+    """A path inside the dnnlib cache folder (first existing rule wins)."""
+    if _dnnlib_cache_dir is not None:
+        return os.path.join(_dnnlib_cache_dir, *paths)
+    if "DNNLIB_CACHE_DIR" in os.environ:
+        return os.path.join(os.environ["DNNLIB_CACHE_DIR"], *paths)
+    if "HOME" in os.environ:
+        return os.path.join(os.environ["HOME"], ".cache", "dnnlib", *paths)
+    if "USERPROFILE" in os.environ:
+        return os.path.join(os.environ["USERPROFILE"], ".cache", "dnnlib", *paths)
+    return os.path.join(tempfile.gettempdir(), ".cache", "dnnlib", *paths)
+
+
+# ----------------------------------------------------------------------------
+# Names -> objects.
+
+def get_module_from_obj_name(obj_name: str):
+    """Split 'a.b.c.d' into the longest importable module and the attribute path inside it."""
+    obj_name = re.sub(r"^np\.", "numpy.", obj_name)
+    obj_name = re.sub(r"^tf\.", "tensorflow.", obj_name)
+    parts = obj_name.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            # Only swallow "this prefix is not a module"; a real import error inside it must surface.
+            missing = getattr(err, "name", None)
+            if missing is not None and (module_name == missing or module_name.startswith(missing + ".")):
+                continue
+            raise
+        local = ".".join(parts[i:])
+        try:
+            get_obj_from_module(module, local)
+        except AttributeError:
+            continue
+        return module, local
+    raise ImportError(f"cannot resolve {obj_name!r}: no importable module prefix holds it")
+
+
+def get_obj_from_module(module, obj_name: str) -> Any:
+    if obj_name == "":
+        return module
+    obj = module
+    for part in obj_name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def get_obj_by_name(name: str) -> Any:
+    module, local = get_module_from_obj_name(name)
+    return get_obj_from_module(module, local)
+
+
+def call_func_by_name(*args, func_name: str = None, **kwargs) -> Any:
+    assert func_name is not None
+    func = get_obj_by_name(func_name)
+    if not callable(func):
+        raise TypeError(f"{func_name} is not callable")
+    return func(*args, **kwargs)
+
+
+def construct_class_by_name(*args, class_name: str = None, **kwargs) -> Any:
+    return call_func_by_name(*args, func_name=class_name, **kwargs)
+
+
+def get_module_dir_by_obj_name(obj_name: str) -> str:
+    module, _ = get_module_from_obj_name(obj_name)
+    return os.path.dirname(os.path.abspath(module.__file__))
+
+
+def is_top_level_function(obj: Any) -> bool:
+    return callable(obj) and getattr(sys.modules.get(obj.__module__), obj.__name__, None) is obj
+
+
+def get_top_level_function_name(obj: Any) -> str:
+    assert is_top_level_function(obj)
+    module = obj.__module__
+    if module == "__main__":
+        module = os.path.splitext(os.path.basename(sys.modules[module].__file__))[0]
+    return module + "." + obj.__name__
+
+
+# ----------------------------------------------------------------------------
+# Small formatting helpers that training scripts call.
+
+def format_time(seconds) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def ask_yes_no(question: str) -> bool:
+    while True:
+        answer = input(f"{question} [y/n] ").strip().lower()
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+
+
+# ----------------------------------------------------------------------------
+# URLs and the download cache.
+
+def is_url(obj: Any, allow_file_urls: bool = False) -> bool:
+    if not isinstance(obj, str) or "://" not in obj:
+        return False
+    if allow_file_urls and obj.startswith("file://"):
+        return True
+    parsed = urllib.parse.urlparse(obj)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def _file_url_to_path(url: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    path = urllib.parse.unquote(parsed.path)
+    # file:///C:/x on Windows parses with a leading slash before the drive letter.
+    if re.match(r"^/[A-Za-z]:", path):
+        path = path[1:]
+    return path
+
+
+def _cache_file_name(url: str) -> str:
+    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
+    base = os.path.basename(urllib.parse.urlparse(url).path) or "download"
+    base = re.sub(r"[^0-9A-Za-z_.-]+", "_", base)
+    return f"{url_md5}_{base}"
+
+
+class DownloadError(IOError):
+    """A URL could not be fetched (after retries) or its contents failed the checksum."""
+
+
+def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: bool = True,
+             return_filename: bool = False, cache: bool = True, sha256: str = None,
+             timeout: float = 60.0) -> Any:
+    """Open a local path, file:// URL or http(s) URL as a binary file object.
+
+    http(s) downloads are cached (once per URL) in `cache_dir`, `$DNNLIB_CACHE_DIR` or
+    `~/.cache/dnnlib/downloads`; the file appears there only once complete (and, if `sha256`
+    is given, only once it matches). `return_filename=True` gives the local path instead.
+    """
+    assert num_attempts >= 1
+    assert not (return_filename and not cache)
+
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", url):
+        if return_filename:
+            return url
+        return open(url, "rb")
+    if url.startswith("file://"):
+        path = _file_url_to_path(url)
+        if return_filename:
+            return path
+        return open(path, "rb")
+    if not is_url(url):
+        raise DownloadError(f"not a supported URL: {url!r} (use http(s)://, file:// or a local path)")
+
+    if cache_dir is None:
+        cache_dir = make_cache_dir_path("downloads")
+    cache_path = os.path.join(cache_dir, _cache_file_name(url))
+    if cache and os.path.isfile(cache_path):
+        if sha256 is not None and _sha256_of_file(cache_path) != sha256.lower():
+            os.remove(cache_path)  # a stale or tampered cache entry: fetch again
+        else:
+            return cache_path if return_filename else open(cache_path, "rb")
+
+    data = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
+    if sha256 is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256.lower():
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}; "
+                "the file may be corrupt or replaced upstream - do not use it")
+
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp_path = os.path.join(cache_dir, f"tmp_{uuid.uuid4().hex}_{os.path.basename(cache_path)}")
+        try:
+            with open(tmp_path, "wb") as f:
+                f.write(data)
+            os.replace(tmp_path, cache_path)
+        finally:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+        if return_filename:
+            return cache_path
+    return io.BytesIO(data)
+
+
+def _sha256_of_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, num_attempts: int, verbose: bool, timeout: float) -> bytes:
+    import requests  # imported lazily: loading local pickles must not need it
+
+    last_error = None
+    with requests.Session() as session:
+        for attempt in range(num_attempts):
+            if verbose and attempt == 0:
+                print(f"Downloading {url} ...", end="", file=sys.stderr, flush=True)
+            try:
+                with session.get(url, timeout=timeout, stream=True) as res:
+                    res.raise_for_status()
+                    expected = res.headers.get("Content-Length")
+                    chunks = []
+                    for chunk in res.iter_content(chunk_size=1 << 20):
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+                    if expected is not None and len(data) != int(expected):
+                        raise DownloadError(f"transfer interrupted: got {len(data)} of {expected} bytes")
+                    if len(data) == 0:
+                        raise DownloadError("empty response")
+                if verbose:
+                    print(" done", file=sys.stderr, flush=True)
+                return data
+            except requests.HTTPError as err:
+                last_error = err
+                if err.response is not None and 400 <= err.response.status_code < 500:
+                    break  # 404 and friends will not fix themselves
+            except (requests.RequestException, DownloadError) as err:
+                last_error = err
+            if attempt + 1 < num_attempts:
+                time.sleep(min(2 ** attempt * 0.25, 5.0))
+    if verbose:
+        print(" failed", file=sys.stderr, flush=True)
+    raise DownloadError(f"could not download {url} after {num_attempts} attempt(s): {last_error}; "
+                        "check the URL and your network, or download the file yourself and pass its path")
