@@ -1,0 +1,170 @@
+"""Named pretrained models (pretrained_urls.json): look-up, name resolution, teacher choice.
+
+Every entry has: url, sha256 (null where no published hash is known; such downloads are not
+verified), family ('stylegan2-ada' | 'stylegan3' | 'edm' | 'inception'), role ('generator' |
+'teacher' | 'detector' | 'fid-ref'), resolution, channels, label_dim, conditional, dataset,
+notes; optionally source, format, variant, config, precond, alt_urls.
+"""
+
+import copy
+import difflib
+import functools
+import json
+import os
+from pathlib import Path
+
+__all__ = [
+    "UnknownModelError",
+    "NoMatchingTeacherError",
+    "REQUIRED_FIELDS",
+    "ROLES",
+    "load_table",
+    "lookup",
+    "lookup_url",
+    "names",
+    "is_url",
+    "resolve",
+    "find_teacher",
+    "expected_sha256",
+]
+
+REQUIRED_FIELDS = ("url", "sha256", "family", "role", "resolution", "channels", "label_dim",
+                   "conditional", "dataset", "notes")
+ROLES = ("generator", "teacher", "detector", "fid-ref")
+_TABLE_PATH = Path(__file__).with_name("pretrained_urls.json")
+# Suffixes that mark a string as a file the user meant, even when it does not exist (so the
+# opener reports "no such file" instead of "unknown model name").
+_FILE_SUFFIXES = (".pkl", ".pt", ".pth", ".npz", ".zip", ".json", ".ckpt", ".safetensors")
+
+
+class UnknownModelError(ValueError):
+    """A bare name that is neither an existing file, a URL, nor a model in the table."""
+
+
+class NoMatchingTeacherError(ValueError):
+    """No teacher in the table matches the generator's resolution, channels and labels."""
+
+
+def _validate(table):
+    models = table.get("models")
+    if not isinstance(models, dict):
+        raise ValueError(f"{_TABLE_PATH.name}: expected a top-level 'models' mapping")
+    for name, entry in models.items():
+        missing = [f for f in REQUIRED_FIELDS if f not in entry]
+        if missing:
+            raise ValueError(f"{_TABLE_PATH.name}: entry {name!r} lacks {', '.join(missing)}")
+        if entry["role"] not in ROLES:
+            raise ValueError(f"{_TABLE_PATH.name}: entry {name!r} has role {entry['role']!r}; "
+                             f"expected one of {', '.join(ROLES)}")
+    return models
+
+
+@functools.lru_cache(maxsize=None)
+def _models():
+    with open(_TABLE_PATH, encoding="utf-8") as f:
+        return _validate(json.load(f))
+
+
+def load_table():
+    """All entries as {name: entry} (a copy; edit freely)."""
+    return copy.deepcopy(_models())
+
+
+def lookup(name):
+    """The entry for `name` (exact, then case-insensitive) with its 'name' added, else None."""
+    models = _models()
+    key = name if name in models else next((k for k in models if k.lower() == str(name).lower()),
+                                           None)
+    if key is None:
+        return None
+    return dict(copy.deepcopy(models[key]), name=key)
+
+
+def lookup_url(url):
+    """The entry whose url (or one of its alt_urls) is `url`, else None."""
+    url = str(url).strip()
+    for name, entry in _models().items():
+        if url == entry["url"] or url in entry.get("alt_urls", ()):
+            return dict(copy.deepcopy(entry), name=name)
+    return None
+
+
+def names(role=None):
+    """Sorted model names, optionally only those with the given role."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return sorted(n for n, e in _models().items() if role is None or e["role"] == role)
+
+
+def is_url(s):
+    return isinstance(s, str) and "://" in s
+
+
+def _looks_like_path(s):
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return (any(sep in s for sep in seps) or s.startswith(("~", "."))
+            or s.lower().endswith(_FILE_SUFFIXES))
+
+
+def resolve(name_or_path_or_url):
+    """Turn a model name into its URL; return paths and URLs unchanged.
+
+    An existing file always wins over a table name. A string that looks like a path (has a
+    directory separator or a file suffix) is returned unchanged even if missing, so the opener
+    can say which file is missing. Anything else must be a table name.
+    """
+    s = os.fspath(name_or_path_or_url)
+    if is_url(s) or os.path.exists(s):
+        return s
+    entry = lookup(s)
+    if entry is not None:
+        return entry["url"]
+    if _looks_like_path(s):
+        return s
+    close = difflib.get_close_matches(s, names(), n=5, cutoff=0.5)
+    hint = (f"did you mean {', '.join(close)}?" if close else
+            f"known names include {', '.join(names('generator')[:2] + names('teacher')[:2])}")
+    raise UnknownModelError(f"{s!r} is not a file, a URL or a model name in "
+                            f"{_TABLE_PATH.name}: {hint}")
+
+
+def _brief(name, entry):
+    r, lab = entry["resolution"], entry["label_dim"]
+    return f"{name} ({r}x{r}, {entry['channels']}ch, {lab or 'no'} labels)"
+
+
+def find_teacher(family, img_resolution, img_channels, label_dim, prefer="vp"):
+    """Name of the teacher of `family` that matches the generator exactly.
+
+    Among matches, EDM's config F models ('edm-*') come before the config A baselines, and
+    `prefer` ('vp' by default) before other variants; ties by name.
+    """
+    family = str(family).lower()
+    pool = {n: e for n, e in _models().items()
+            if e["role"] == "teacher" and e["family"].lower() == family}
+    if not pool:
+        fams = sorted({e["family"] for e in _models().values() if e["role"] == "teacher"})
+        raise NoMatchingTeacherError(f"no teacher family {family!r} in {_TABLE_PATH.name}; "
+                                     f"known: {', '.join(fams)}")
+    matches = [n for n, e in pool.items()
+               if e["resolution"] == int(img_resolution) and e["channels"] == int(img_channels)
+               and e["label_dim"] == int(label_dim)]
+    if not matches:
+        what = f"with {label_dim} labels" if label_dim else "(unconditional)"
+        # Baselines duplicate the config F sizes; listing them would only lengthen the line.
+        shown = sorted(n for n in pool if pool[n].get("config", "F") == "F") or sorted(pool)
+        have = "; ".join(_brief(n, pool[n]) for n in shown)
+        raise NoMatchingTeacherError(
+            f"no {family} teacher in {_TABLE_PATH.name} fits a {img_resolution}x{img_resolution} "
+            f"{img_channels}-channel generator {what}; available: {have}. Pass a teacher "
+            f"pickle path instead")
+    matches.sort(key=lambda n: (pool[n].get("config", "F") != "F",
+                                pool[n].get("variant") != prefer, n))
+    return matches[0]
+
+
+def expected_sha256(url_or_name):
+    """Published sha256 of a model given by name or URL; None when unknown or not in the table."""
+    s = os.fspath(url_or_name)
+    entry = lookup_url(s) if is_url(s) else lookup(s)
+    return None if entry is None else entry["sha256"]

@@ -1,0 +1,158 @@
+"""pretrained_urls.json schema and the name look-ups built on it."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gan_refine import pretrained
+from gan_refine.adapters import EDM_PRECOND_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "pretrained_urls.json"
+FAMILIES = {"stylegan2-ada", "stylegan3", "edm", "inception"}
+
+
+def _raw_model_names():
+    """Model names in file order with duplicates kept (json.load would silently drop them)."""
+    names = []
+
+    def hook(pairs):
+        # Called innermost first: the 'models' object is the one whose values are all entries.
+        if pairs and all(isinstance(v, dict) and "url" in v for _, v in pairs):
+            names.extend(k for k, _ in pairs)
+        return dict(pairs)
+
+    with open(TABLE, encoding="utf-8") as f:
+        json.load(f, object_pairs_hook=hook)
+    return names
+
+
+def test_table_file_is_shipped_with_the_package():
+    packaged = Path(pretrained.__file__).with_name("pretrained_urls.json")
+    assert json.loads(packaged.read_text()) == json.loads(TABLE.read_text())
+
+
+def test_schema_of_every_entry():
+    raw = json.loads(TABLE.read_text())
+    assert raw["format_version"] == 1 and "sha256" in raw["about"]
+    names = _raw_model_names()
+    assert len(names) == len(set(names)) == len(raw["models"]) >= 40
+    urls = [e["url"] for e in raw["models"].values()]
+    assert len(urls) == len(set(urls))
+    for name, e in raw["models"].items():
+        assert re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", name), name
+        for field in pretrained.REQUIRED_FIELDS:
+            assert field in e, (name, field)
+        assert e["url"].startswith("https://") and " " not in e["url"], name
+        for alt in e.get("alt_urls", []):
+            assert alt.startswith("https://"), name
+        assert e["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), name
+        assert e["family"] in FAMILIES and e["role"] in pretrained.ROLES, name
+        assert isinstance(e["resolution"], int) and e["resolution"] > 0, name
+        assert e["channels"] in (1, 3), name
+        assert isinstance(e["label_dim"], int) and e["label_dim"] >= 0, name
+        assert e["conditional"] is (e["label_dim"] > 0), name
+        assert isinstance(e["dataset"], str) and e["dataset"], name
+        assert isinstance(e["notes"], str) and len(e["notes"]) > 10, name
+        if e["role"] == "teacher":
+            assert e["family"] == "edm" and e["precond"] in EDM_PRECOND_CLASSES, name
+            # EDM file names spell out the resolution and the conditioning.
+            r = e["resolution"]
+            assert f"-{r}x{r}-" in name and ("-cond-" in name) == e["conditional"], name
+        if e["family"] in ("edm", "stylegan3") and e["role"] in ("teacher", "generator"):
+            assert e["url"].endswith("/" + name + ".pkl"), name
+
+
+def test_required_models_are_present():
+    t = pretrained.load_table()
+    assert t["stylegan2-ada-cifar10"]["label_dim"] == 10  # upstream's cifar10.pkl is conditional
+    assert t["stylegan2-ada-cifar10"]["url"].endswith("/stylegan2-ada-pytorch/pretrained/cifar10.pkl")
+    assert t["stylegan2-ada-cifar10u"]["label_dim"] == 0
+    for n in ("ffhq", "metfaces", "afhqcat", "afhqdog", "afhqwild"):
+        assert t[f"stylegan2-ada-{n}"]["family"] == "stylegan2-ada"
+    for cfg in "tr":
+        for stem in ("ffhq-1024x1024", "ffhqu-256x256", "metfaces-1024x1024", "afhqv2-512x512"):
+            e = t[f"stylegan3-{cfg}-{stem}"]
+            assert e["family"] == "stylegan3" and e["resolution"] == int(stem.split("x")[-1])
+    for cond in ("cond", "uncond"):
+        for var in ("vp", "ve"):
+            e = t[f"edm-cifar10-32x32-{cond}-{var}"]
+            assert (e["resolution"], e["label_dim"]) == (32, 10 if cond == "cond" else 0)
+    for ds in ("ffhq", "afhqv2"):
+        assert t[f"edm-{ds}-64x64-uncond-vp"]["resolution"] == 64
+    assert t["edm-imagenet-64x64-cond-adm"]["label_dim"] == 1000
+    assert t["inception-2015-12-05"]["role"] == "detector"
+    assert t["fid-ref-cifar10-32x32"]["url"].endswith("/edm/fid-refs/cifar10-32x32.npz")
+    assert set(pretrained.names("fid-ref")) >= {"fid-ref-cifar10-32x32", "fid-ref-ffhq-64x64"}
+    assert all(t[n]["role"] == "generator" for n in pretrained.names("generator"))
+    with pytest.raises(ValueError, match="unknown role"):
+        pretrained.names("gan")
+
+
+def test_lookup_and_resolve(tmp_path, monkeypatch):
+    url = pretrained.load_table()["edm-cifar10-32x32-cond-vp"]["url"]
+    assert pretrained.lookup("edm-cifar10-32x32-cond-vp")["url"] == url
+    assert pretrained.lookup("EDM-CIFAR10-32x32-Cond-VP")["name"] == "edm-cifar10-32x32-cond-vp"
+    assert pretrained.lookup("nothing-like-it") is None
+    assert pretrained.resolve("edm-cifar10-32x32-cond-vp") == url
+    assert pretrained.resolve("https://example.org/x.pkl") == "https://example.org/x.pkl"
+    f = tmp_path / "my.pkl"
+    f.write_bytes(b"x")
+    assert pretrained.resolve(f) == str(f)
+    # A file named like a table entry wins over the entry.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stylegan2-ada-cifar10").write_bytes(b"x")
+    assert pretrained.resolve("stylegan2-ada-cifar10") == "stylegan2-ada-cifar10"
+    # Missing files that look like paths pass through, so the opener names the missing file.
+    for p in ("missing.pkl", "runs/missing", "./x", "~/x.pkl"):
+        assert pretrained.resolve(p) == p
+    with pytest.raises(pretrained.UnknownModelError) as info:
+        pretrained.resolve("edm-cifar10-cond-vp")
+    msg = str(info.value)
+    assert "edm-cifar10-32x32-cond-vp" in msg and "\n" not in msg
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(pretrained.UnknownModelError, match="known names include"):
+        pretrained.resolve("qqqqqqqq")
+
+
+def test_find_teacher_matches_generator():
+    assert pretrained.find_teacher("edm", 32, 3, 10) == "edm-cifar10-32x32-cond-vp"
+    assert pretrained.find_teacher("edm", 32, 3, 0) == "edm-cifar10-32x32-uncond-vp"
+    assert pretrained.find_teacher("EDM", 32, 3, 0, prefer="ve") == "edm-cifar10-32x32-uncond-ve"
+    assert pretrained.find_teacher("edm", 64, 3, 0) in ("edm-afhqv2-64x64-uncond-vp",
+                                                        "edm-ffhq-64x64-uncond-vp")
+    assert pretrained.find_teacher("edm", 64, 3, 1000) == "edm-imagenet-64x64-cond-adm"
+    for args, expected in [((32, 3, 5), "with 5 labels"), ((32, 1, 0), "1-channel"),
+                           ((128, 3, 0), "128x128")]:
+        with pytest.raises(pretrained.NoMatchingTeacherError) as info:
+            pretrained.find_teacher("edm", *args)
+        msg = str(info.value)
+        assert expected in msg and "edm-cifar10-32x32-cond-vp (32x32, 3ch, 10 labels)" in msg
+        assert "\n" not in msg and isinstance(info.value, ValueError)
+    with pytest.raises(pretrained.NoMatchingTeacherError, match="known: edm"):
+        pretrained.find_teacher("ddpm", 32, 3, 0)
+
+
+def test_expected_sha256(monkeypatch):
+    assert pretrained.expected_sha256("edm-cifar10-32x32-cond-vp") is None  # unknown upstream
+    assert pretrained.expected_sha256("https://example.org/unlisted.pkl") is None
+    assert pretrained.expected_sha256("no-such-model") is None
+    digest = "ab" * 32
+    fake = {"m": dict(url="https://h.example/m.pkl", alt_urls=["https://mirror.example/m.pkl"],
+                      sha256=digest, family="edm", role="teacher", resolution=8, channels=3,
+                      label_dim=0, conditional=False, dataset="toy", notes="a test entry")}
+    monkeypatch.setattr(pretrained, "_models", lambda: fake)
+    assert pretrained.expected_sha256("m") == digest
+    assert pretrained.expected_sha256("https://h.example/m.pkl") == digest
+    assert pretrained.expected_sha256("https://mirror.example/m.pkl") == digest
+    assert pretrained.lookup_url("https://mirror.example/m.pkl")["name"] == "m"
+    assert pretrained.find_teacher("edm", 8, 3, 0) == "m"
+
+
+def test_malformed_table_is_reported():
+    with pytest.raises(ValueError, match="lacks sha256"):
+        pretrained._validate({"models": {"x": {"url": "https://a"}}})
+    with pytest.raises(ValueError, match="top-level 'models'"):
+        pretrained._validate({"x": 1})
