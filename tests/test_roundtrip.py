@@ -111,6 +111,7 @@ def test_round_trip(case, tmp_path):
     out = tmp_path / "out.pt"
     code = FORWARD_SRC + textwrap.dedent(f'''
         import pickle, sys
+        torch.set_num_threads({torch.get_num_threads()})  # same reduction order as the parent: bitwise equality
         try:
             import gan_refine
             sys.exit("gan_refine must not be importable here")
