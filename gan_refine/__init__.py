@@ -14,6 +14,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_network_pkl": ("gan_refine.pickles", "load_network_pkl"),
     "save_network_pkl": ("gan_refine.pickles", "save_network_pkl"),
+    "Refiner": ("gan_refine.refiner", "Refiner"),
+    "refine": ("gan_refine.refiner", "refine"),
+    "RefineConfig": ("gan_refine.config", "RefineConfig"),
+    "as_generator": ("gan_refine.adapters", "as_generator"),
+    "as_teacher": ("gan_refine.adapters", "as_teacher"),
 }
 
 

@@ -1,0 +1,384 @@
+"""`gan-refine`: command line -> RunConfig -> launch (each in one place).
+
+    gan-refine --gen cifar10u.pkl --teacher edm --outdir runs/ --kimg 200
+
+Every run gets a fresh numbered folder inside --outdir holding refine_options.json,
+stats.jsonl (one line of statistics per generator update), sample grids (fixed seeds, before
+and at each snapshot), network-snapshot-<step>.pkl (the input pickle's layout with G_ema and G
+refined) and refine-state.pt (everything --resume needs). Ctrl-C finishes the current step,
+writes a snapshot and exits.
+"""
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from .config import (LOSSES, NORMALIZE, PRECISIONS, SIGMA_LAWS, TEACHER_MODES, RefineConfig,
+                     RunConfig)
+
+__all__ = ["main", "launch", "resolve_run_config"]
+
+_R = RefineConfig()  # defaults, defined once in config.py
+_RUN = RunConfig()
+
+# CLI option name -> RefineConfig field, for the method settings.
+_METHOD_OPTIONS = {
+    "batch": "batch", "lr_gen": "lr_gen", "lr_fake": "lr_fake", "adam_eps": "adam_eps",
+    "fake_updates": "fake_updates", "loss": "loss", "normalize": "normalize",
+    "sid_alpha": "sid_alpha", "sigma_law": "sigma_law", "p_mean": "P_mean", "p_std": "P_std",
+    "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho", "t_max": "t_max",
+    "teacher_mode": "teacher_mode", "ema_kimg": "ema_kimg", "ema_rampup": "ema_rampup",
+    "grad_clip": "grad_clip", "precision": "precision", "device": "device", "seed": "seed",
+}
+_POS = click.FloatRange(min=0, min_open=True)
+
+
+def _fail(msg):
+    raise click.ClickException(" ".join(str(msg).split()))  # always one line
+
+
+# ---------------------------------------------------------------------------- command line
+
+@click.command(context_settings=dict(show_default=True, max_content_width=110,
+                                     help_option_names=["-h", "--help"]))
+@click.option("--gen", type=str, default=None,
+              help="Generator network pickle: path, URL or name from pretrained_urls.json.  [required unless --resume]")
+@click.option("--teacher", type=str, default=_RUN.teacher,
+              help="Diffusion teacher pickle: path, URL, name, or 'edm' to pick the EDM model matching the generator.")
+@click.option("--start-from", "gen_key", type=click.Choice(["G_ema", "G"]), default=_RUN.gen_key,
+              help="Which generator of the pickle to refine.")
+@click.option("--outdir", type=click.Path(file_okay=False), default=_RUN.outdir,
+              help="Where to create the numbered run folder.")
+@click.option("--kimg", type=float, default=_RUN.kimg, help="Refinement length in thousands of generated images.")
+@click.option("--snap", type=float, default=_RUN.snap, help="Snapshot interval in thousands of images.")
+@click.option("--grid", type=click.IntRange(min=0), default=_RUN.grid, help="Sample grid side (grid x grid images); 0 = no grids.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue from a refine-state.pt (or the run folder holding it); unset options come from it.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
+@click.option("--batch", type=click.IntRange(min=1), default=_R.batch, help="Images per generator update.")
+@click.option("--lr-gen", type=_POS, default=_R.lr_gen, help="Generator learning rate (Adam).")
+@click.option("--lr-fake", type=_POS, default=_R.lr_fake, help="Fake-score learning rate (Adam).")
+@click.option("--betas", type=(click.FloatRange(0, 1, max_open=True), click.FloatRange(0, 1, max_open=True)),
+              default=_R.betas, help="Adam betas for both networks.")
+@click.option("--adam-eps", type=_POS, default=_R.adam_eps, help="Adam epsilon.")
+@click.option("--fake-updates", type=click.IntRange(min=1), default=_R.fake_updates,
+              help="Fake-score updates per generator update.")
+@click.option("--loss", type=click.Choice(LOSSES), default=_R.loss, help="Generator loss: Diff-Instruct IKL or SiD.")
+@click.option("--normalize", type=click.Choice(NORMALIZE), default=_R.normalize,
+              help="'dmd' divides the IKL gradient by mean|x0 - D_T| per sample.")
+@click.option("--sid-alpha", type=float, default=_R.sid_alpha, help="SiD's alpha (with --loss sid).")
+@click.option("--sigma-law", type=click.Choice(SIGMA_LAWS), default=_R.sigma_law, help="Noise-level law.")
+@click.option("--p-mean", type=float, default=_R.P_mean, help="Log-normal law: mean of ln(sigma).")
+@click.option("--p-std", type=_POS, default=_R.P_std, help="Log-normal law: std of ln(sigma).")
+@click.option("--sigma-min", type=_POS, default=_R.sigma_min, help="Karras-uniform law: smallest sigma.")
+@click.option("--sigma-max", type=_POS, default=_R.sigma_max, help="Karras-uniform law: largest sigma.")
+@click.option("--rho", type=_POS, default=_R.rho, help="Karras-uniform law: schedule exponent.")
+@click.option("--t-max", type=click.FloatRange(0, 1, min_open=True), default=_R.t_max,
+              help="Karras-uniform law: fraction of the schedule used.")
+@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default=_R.teacher_mode,
+              help="'eval', or 'train' (teacher and fake score share one dropout mask).")
+@click.option("--ema-kimg", type=click.FloatRange(min=0), default=_R.ema_kimg, help="Generator EMA half-life in kimg.")
+@click.option("--ema-rampup", type=click.FloatRange(min=0), default=_R.ema_rampup,
+              help="EMA ramp-up ratio; 0 disables.")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=_R.grad_clip,
+              help="Clip gradients to this L2 norm; 0 disables.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_R.precision,
+              help="fp32; tf32, bf16 and fp16 (with loss scaling) need CUDA.")
+@click.option("--device", type=str, default=_R.device, help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0', ...")
+@click.option("--seed", type=int, default=_R.seed, help="Seed of every random draw.")
+@click.option("--label-probs", type=str, default=None,
+              help="Comma-separated class weights for conditional generators (default: uniform).")
+@click.pass_context
+def main(ctx, **opts):
+    """Refine a GAN generator with Diff-Instruct against a diffusion teacher."""
+    explicit = {k for k in opts if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    run, state = resolve_run_config(opts, explicit)
+    launch(run, state=state, dry_run=opts["dry_run"])
+
+
+# ---------------------------------------------------------------------------- config
+
+def _parse_probs(text):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--label-probs must be comma-separated numbers, e.g. 0.1,0.9; got {text!r}")
+
+
+def resolve_run_config(opts, explicit=()):
+    """Turn parsed options into a RunConfig (and the resume state, if any); ClickException on
+    anything a person must fix."""
+    from .snapshot import load_state
+    state = None
+    saved_method, saved_run = {}, {}
+    if opts.get("resume"):
+        try:
+            state = load_state(opts["resume"])
+        except (FileNotFoundError, ValueError) as err:
+            _fail(f"--resume: {err}")
+        saved_method = state.get("config", {})
+        saved_run = state.get("run", {})
+    method = {}
+    for opt, name in _METHOD_OPTIONS.items():
+        method[name] = saved_method[name] if (name in saved_method and opt not in explicit) else opts[opt]
+    method["betas"] = saved_method["betas"] if ("betas" in saved_method and "betas" not in explicit) \
+        else list(opts["betas"])
+    probs = _parse_probs(opts.get("label_probs"))
+    method["label_probs"] = saved_method.get("label_probs") if (probs is None and saved_method) else probs
+    if "gap_bins" in saved_method:
+        method["gap_bins"] = saved_method["gap_bins"]
+    try:
+        refine = RefineConfig(**method)
+    except ValueError as err:
+        _fail(err)
+
+    def pick(key):
+        if key in explicit or key not in saved_run:
+            return opts[key]
+        return saved_run[key]
+    gen = opts.get("gen") or saved_run.get("gen")
+    if not gen:
+        _fail("--gen is required: give the generator network pickle (path, URL or name)")
+    if not opts["kimg"] > 0:
+        _fail(f"--kimg must be greater than 0 (it is the refinement length in thousands of "
+              f"generated images, e.g. --kimg 200); got {opts['kimg']}")
+    if not opts["snap"] > 0:
+        _fail(f"--snap must be greater than 0 (snapshot interval in kimg); got {opts['snap']}")
+    run = RunConfig(gen=gen, teacher=pick("teacher"), gen_key=pick("gen_key"),
+                    outdir=opts["outdir"], kimg=float(opts["kimg"]), snap=float(opts["snap"]),
+                    grid=int(opts["grid"]), resume=opts.get("resume"), refine=refine)
+    return run, state
+
+
+def _resolve_source(src, what):
+    """Name -> URL, paths and URLs unchanged; one-line error for unknown names and missing files."""
+    from . import pretrained
+    try:
+        target = pretrained.resolve(src)
+    except ValueError as err:
+        _fail(f"--{what}: {err}")
+    if "://" not in target and not os.path.exists(target):
+        _fail(f"--{what}: no such file: {target} (give a path, a URL or a name from pretrained_urls.json)")
+    if "://" not in target and os.path.isdir(target):
+        _fail(f"--{what}: {target} is a folder; give the path of a network pickle")
+    return target
+
+
+def _load(target, what):
+    from .pickles import load_network_pkl
+    try:
+        return load_network_pkl(target)
+    except (OSError, ValueError) as err:
+        _fail(f"--{what}: {err}")
+
+
+def _generator_adapter(data, gen_key):
+    from .adapters import as_generator
+    try:
+        return as_generator(data, which=gen_key)
+    except (TypeError, ValueError) as err:
+        _fail(f"--gen: {err}")
+
+
+def _pick_teacher(gen):
+    from . import pretrained
+    try:
+        return pretrained.find_teacher("edm", gen.img_resolution, gen.img_channels, gen.c_dim)
+    except ValueError as err:
+        _fail(f"--teacher edm: {err}")
+
+
+def _next_run_dir(outdir, desc):
+    os.makedirs(outdir, exist_ok=True)
+    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in os.listdir(outdir)) if m]
+    run_id = max(ids, default=-1) + 1
+    while True:  # another process may take the same number at the same moment
+        path = os.path.join(outdir, f"{run_id:05d}-{desc}")
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            run_id += 1
+
+
+def _stem(src):
+    base = os.path.basename(src.split("?")[0].rstrip("/")) or "gen"
+    base = re.sub(r"\.(pkl|pickle)$", "", base)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40]
+
+
+# ---------------------------------------------------------------------------- launch
+
+class _Interrupt:
+    """First Ctrl-C: finish the step, snapshot, exit. A second one aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        click.echo("\nInterrupt received: finishing this step and writing a snapshot "
+                   "(press Ctrl-C again to abort without one).", err=True)
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def launch(run, state=None, dry_run=False, progress=True):
+    """Load the networks, refine, and write every output into a fresh run folder."""
+    from .adapters import IncompatibleModelsError
+    from .refiner import NonFiniteError, Refiner, steps_for_kimg
+
+    gen_target = _resolve_source(run.gen, "gen")
+    gen_data = None
+    teacher_src = run.teacher
+    if teacher_src == "edm":
+        gen_data = _load(gen_target, "gen")
+        teacher_src = _pick_teacher(_generator_adapter(gen_data, run.gen_key))
+    teacher_target = _resolve_source(teacher_src, "teacher")
+    steps = steps_for_kimg(run.kimg, run.refine.batch)
+    snap_steps = max(1, int(round(run.snap * 1000 / run.refine.batch)))
+    resolved = dict(run.to_dict(), resolved=dict(gen=gen_target, teacher=teacher_target,
+                                                 teacher_name=teacher_src, steps=steps,
+                                                 snap_steps=snap_steps))
+    if dry_run:
+        click.echo(json.dumps(resolved, indent=2, sort_keys=True))
+        return None
+
+    if gen_data is None:
+        gen_data = _load(gen_target, "gen")
+    teacher_data = _load(teacher_target, "teacher")
+    try:
+        refiner = Refiner(gen_data, teacher_data, run.refine, gen_key=run.gen_key)
+    except IncompatibleModelsError as err:
+        _fail(err)
+    except (TypeError, ValueError) as err:
+        _fail(err)
+    probs = run.refine.label_probs
+    if probs is not None and len(probs) != refiner.G.c_dim:
+        _fail(f"--label-probs has {len(probs)} weights but the generator has {refiner.G.c_dim} classes")
+    if state is not None:
+        try:
+            refiner.load_state_dict(state)
+        except (ValueError, RuntimeError, KeyError) as err:
+            _fail(f"--resume: {str(err).splitlines()[0]}")
+        if refiner.cur_step >= steps:
+            _fail(f"--resume: that run already made {refiner.cur_step} steps ({refiner.cur_nimg / 1000:g} kimg); "
+                  f"raise --kimg above {refiner.cur_nimg / 1000:g} to continue it")
+
+    from . import __version__
+    import torch
+    from .snapshot import atomic_write_json
+    run_dir = _next_run_dir(run.outdir, f"{_stem(run.gen)}-{run.refine.loss}-kimg{run.kimg:g}")
+    resolved["resolved"].update(run_dir=run_dir, device=str(refiner.device),
+                                start_step=refiner.cur_step, gan_refine=__version__,
+                                torch=torch.__version__)
+    atomic_write_json(os.path.join(run_dir, "refine_options.json"), resolved)
+    click.echo(f"Refining {run.gen} against {teacher_src} on {refiner.device}; "
+               f"{steps} steps of {run.refine.batch} images; outputs in {run_dir}", err=True)
+
+    def portable(target):  # so --resume works from any working directory
+        return target if "://" in target else os.path.abspath(target)
+    run_info = dict(gen=portable(gen_target), teacher=portable(teacher_target), gen_key=run.gen_key)
+    writer = _Outputs(refiner, run_dir, run, run_info)
+    try:
+        writer.grid("init")
+    except NonFiniteError as err:
+        _fail(err)
+
+    stop = _Interrupt().install()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=refiner.cur_step, unit="step", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    t_start = time.time()
+    last_snap = None
+    try:
+        with open(os.path.join(run_dir, "stats.jsonl"), "a", encoding="utf-8") as log:
+            while refiner.cur_step < steps:
+                try:
+                    stats = refiner.step()
+                except NonFiniteError as err:
+                    bar.close()
+                    where = f"the last good snapshot is {last_snap}" if last_snap else "no snapshot was written"
+                    _fail(f"{err}; {where}")
+                stats["time"] = time.time() - t_start
+                log.write(json.dumps(stats) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix({"kimg": f"{stats['kimg']:.4g}", "gap": f"{stats.get('gap/mean', 0):.3g}"},
+                                refresh=False)
+                done = refiner.cur_step >= steps
+                if done or stop.requested or refiner.cur_step % snap_steps == 0:
+                    try:
+                        last_snap = writer.snapshot()
+                    except NonFiniteError as err:
+                        bar.close()
+                        where = f"the last good snapshot is {last_snap}" if last_snap else "no snapshot was written"
+                        _fail(f"{err}; {where}")
+                if stop.requested:
+                    break
+    finally:
+        bar.close()
+        stop.restore()
+    if stop.requested:
+        click.echo(f"Interrupted after step {refiner.cur_step}: wrote {last_snap}; continue with "
+                   f"--resume {os.path.join(run_dir, 'refine-state.pt')}", err=True)
+    else:
+        click.echo(f"Done: {last_snap}", err=True)
+    return run_dir
+
+
+class _Outputs:
+    """Sample grids, refined pickles and state files of one run folder."""
+
+    GRID_SEED = 0  # fixed, so every grid of every run shows the same latents
+
+    def __init__(self, refiner, run_dir, run, run_info):
+        self.r, self.dir, self.run, self.run_info = refiner, run_dir, run, run_info
+
+    def _checked_samples(self, n):
+        from .refiner import NonFiniteError
+        images = self.r.sample(n, seed=self.GRID_SEED)
+        if not images.isfinite().all():
+            raise NonFiniteError(f"the refined generator makes NaN/inf images at step {self.r.cur_step}; "
+                                 f"not writing this snapshot (lower --lr-gen or add --grad-clip)")
+        return images
+
+    def grid(self, tag):
+        from .images import save_image_grid
+        n = self.run.grid ** 2
+        images = self._checked_samples(max(n, 4))
+        if n:
+            save_image_grid(images[:n], os.path.join(self.dir, f"samples-{tag}.png"), cols=self.run.grid)
+
+    def snapshot(self):
+        from .snapshot import save_state
+        step = self.r.cur_step
+        self.grid(f"{step:06d}")
+        pkl = os.path.join(self.dir, f"network-snapshot-{step:06d}.pkl")
+        self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
+        state = dict(self.r.state_dict(), run=self.run_info)
+        save_state(os.path.join(self.dir, "refine-state.pt"), state)
+        return pkl
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

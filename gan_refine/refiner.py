@@ -1,0 +1,457 @@
+"""The Refiner: Diff-Instruct refinement of a GAN generator against a diffusion teacher.
+
+    from gan_refine.refiner import Refiner
+    r = Refiner(G, teacher, batch=64)       # G: pickle dict, adapter or nn.Module (+ z_dim=...)
+    for stats in r.iterate(100):            # or r.run(kimg=10)
+        print(stats["loss/generator"])
+    G_refined = r.refined_generator()        # the user's own module class, refined weights
+    r.export_pickle("refined.pkl")           # the original pickle layout
+
+Networks (DESIGN.md §5): the teacher D_T (frozen); the fake score D_phi, a copy of the teacher
+trained on generator samples; the generator G, started from the given (G_ema) weights, and
+its EMA. The user's objects are not modified, except that the teacher is moved to the device,
+put in eval mode and frozen.
+"""
+
+import contextlib
+import copy
+import math
+import time
+
+import torch
+
+from . import losses
+from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
+from .sigma import bin_index, bin_labels, make_sigma_law
+from .snapshot import capture_global_rng, restore_global_rng
+
+__all__ = ["Refiner", "refine", "NonFiniteError", "resolve_device", "steps_for_kimg"]
+
+
+def steps_for_kimg(kimg, batch):
+    """Generator updates needed to show `kimg` thousand images at `batch` images per update."""
+    return max(1, math.ceil(kimg * 1000 / batch - 1e-9))
+
+
+class NonFiniteError(RuntimeError):
+    """A network produced NaN/inf; raised before any weight was changed by the bad values."""
+
+
+def resolve_device(device="auto"):
+    """'auto' -> CUDA when available, else CPU. Never assumes a GPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but no CUDA device is available; "
+                         f"use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+@contextlib.contextmanager
+def _global_rng_scope(seed, device):
+    """Run a block with torch's global RNGs seeded from `seed`, restoring them afterwards.
+
+    Dropout and StyleGAN's per-layer noise draw from the global generators; seeding them from
+    the refiner's own generator makes every step reproducible without disturbing the caller.
+    """
+    devices = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+class _SharedDropout:
+    """Calls a network with the global RNGs reseeded to one value, so two networks with the
+    same architecture (teacher and its copy) draw the same dropout masks."""
+
+    def __init__(self, net, seed, device):
+        self.net, self.seed, self.device = net, seed, device
+
+    def __call__(self, x, sigma, c):
+        with _global_rng_scope(self.seed, self.device):
+            return self.net(x, sigma, c)
+
+
+def _adapt_generator(obj, gen_key, kw):
+    from .adapters import as_generator
+    return as_generator(obj, which=gen_key, **kw)
+
+
+def _adapt_teacher(obj, kw):
+    from .adapters import as_teacher
+    return as_teacher(obj, **kw)
+
+
+class Refiner:
+    """Diff-Instruct refinement state and one `step()` = fake-score update(s) + generator update.
+
+    Args:
+        generator: a StyleGAN network-pickle dict, a GeneratorAdapter, or an nn.Module (pass
+            generator_kwargs such as dict(z_dim=..., img_resolution=...) for a generic one).
+        teacher: an EDM network-pickle dict, a TeacherAdapter, or a callable denoiser
+            (x, sigma, c) -> x0 (teacher_kwargs describe a generic one).
+        config: a RefineConfig; keyword overrides (batch=..., lr_gen=...) are applied on top.
+        fake_score: optional initial fake score (default: a copy of the teacher).
+        generator_loss: optional replacement for the generator loss, with the signature of
+            losses.ikl_generator_loss minus its options (for experiments and control runs).
+        gen_key: which generator of a pickle dict to start from.
+    """
+
+    def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
+                 gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, **overrides):
+        cfg = config if config is not None else RefineConfig()
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        cfg.validate()
+        self.config = cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.precision != "fp32" and self.device.type != "cuda":
+            raise ValueError(f"precision {cfg.precision!r} needs a CUDA device; on "
+                             f"{self.device.type} use fp32")
+        self.base = generator if isinstance(generator, dict) else None
+        self.gen_key = gen_key
+        from .adapters import check_compatible
+        gen = _adapt_generator(generator, gen_key, generator_kwargs or {})
+        teacher = _adapt_teacher(teacher, teacher_kwargs or {})
+        check_compatible(gen, teacher)
+
+        # Our own copies: the user's generator stays as it was.
+        self.G = copy.deepcopy(gen).to(self.device)
+        self.G.train().requires_grad_(False)
+        self._g_params = list(self.G.trainable_parameters())
+        if not self._g_params:
+            raise ValueError("the generator has no trainable parameters")
+        for p in self._g_params:
+            p.requires_grad_(True)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        if fake_score is None:
+            fake = copy.deepcopy(self.teacher)
+        else:
+            fake = _adapt_teacher(fake_score, teacher_kwargs or {})
+        self.fake_score = fake.to(self.device).requires_grad_(True)
+        self._f_params = [p for p in self.fake_score.parameters()]
+        if not self._f_params:
+            raise ValueError("the fake score has no trainable parameters (the teacher is a plain "
+                             "function?): pass fake_score= an nn.Module denoiser to train")
+        self.sigma_data = float(self.teacher.sigma_data)
+
+        adam = dict(betas=cfg.betas, eps=cfg.adam_eps)
+        self.opt_G = torch.optim.Adam(self._g_params, lr=cfg.lr_gen, **adam)
+        self.opt_fake = torch.optim.Adam(self._f_params, lr=cfg.lr_fake, **adam)
+        fp16 = cfg.precision == "fp16"
+        self.scaler_G = torch.amp.GradScaler("cuda") if fp16 else None
+        self.scaler_fake = torch.amp.GradScaler("cuda") if fp16 else None
+        if cfg.precision == "tf32":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.sigma_law = make_sigma_law(cfg.sigma_law, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                                        sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
+                                        rho=cfg.rho, t_max=cfg.t_max)
+        self._custom_loss = generator_loss
+        self._bin_names = bin_labels(cfg.gap_bins)
+        self.rng = torch.Generator(device=self.device).manual_seed(int(cfg.seed))
+        self.cur_step = 0
+        self.cur_nimg = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _autocast(self):
+        if self.config.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+            return torch.autocast(device_type="cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _draw_seed(self):
+        return int(torch.randint(0, 2 ** 62, [1], generator=self.rng, device=self.device).item())
+
+    def _latents(self, n):
+        return self.G.sample_latents(n, generator=self.rng, device=self.device,
+                                     label_probs=self.config.label_probs)
+
+    def _noise(self, x0):
+        sigma = self.sigma_law.sample(x0.shape[0], generator=self.rng, device=self.device)
+        noise = torch.randn(x0.shape, generator=self.rng, device=self.device, dtype=x0.dtype)
+        return sigma, noise
+
+    def _check_finite(self, t, what):
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; stopped before "
+                                 f"updating any weights (lower the learning rate, use fp32, or "
+                                 f"check the input networks)")
+
+    def _apply(self, loss, opt, params, scaler, what):
+        """Back-propagate into `params` only, clip, step; returns the pre-clip gradient norm."""
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward(inputs=params)
+            scaler.unscale_(opt)
+        else:
+            loss.backward(inputs=params)
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if scaler is not None:
+            scaler.step(opt)  # skips the update itself when the scaled gradients overflowed
+            scaler.update()
+        else:
+            if not math.isfinite(norm):
+                raise NonFiniteError(f"the {what} gradient is NaN/inf at step {self.cur_step + 1}; "
+                                     f"stopped before updating any weights (check the networks' "
+                                     f"outputs or lower the learning rate)")
+            opt.step()
+        return norm
+
+    def _generator_loss(self, fake, teacher, x0, sigma, noise, c):
+        cfg = self.config
+        if self._custom_loss is not None:
+            return self._custom_loss(fake, teacher, x0, sigma, noise, c)
+        if cfg.loss == "sid":
+            return losses.sid_generator_loss(fake, teacher, x0, sigma, noise, c, alpha=cfg.sid_alpha)
+        return losses.ikl_generator_loss(fake, teacher, x0, sigma, noise, c, normalize=cfg.normalize)
+
+    @torch.no_grad()
+    def _update_ema(self):
+        cfg = self.config
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.cur_nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self):
+        """One generator update (after `fake_updates` fake-score updates); returns statistics."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        fake_losses, fake_norms, fake_mse = [], [], []
+        for _ in range(cfg.fake_updates):
+            z, c = self._latents(cfg.batch)
+            with _global_rng_scope(self._draw_seed(), self.device):
+                with torch.no_grad(), self._autocast():
+                    x0 = self.G(z, c).float()
+                self._check_finite(x0, "the generator output")
+                sigma, noise = self._noise(x0)
+                self.fake_score.train()  # trained like its teacher was (dropout on)
+                with self._autocast():
+                    per_sample, figs = losses.fake_score_loss(self.fake_score, x0, sigma, noise, c,
+                                                              self.sigma_data)
+                loss = per_sample.float().mean()
+                self._check_finite(loss, "the fake-score loss")
+                fake_norms.append(self._apply(loss, self.opt_fake, self._f_params,
+                                              self.scaler_fake, "fake-score"))
+            fake_losses.append(loss.item())
+            fake_mse.append(figs["fake_score/mse"].mean().item())
+
+        z, c = self._latents(cfg.batch)
+        step_seed = self._draw_seed()
+        self.fake_score.requires_grad_(False)
+        try:
+            with _global_rng_scope(step_seed, self.device):
+                self.G.train()
+                with self._autocast():
+                    x0 = self.G(z, c).float()
+                self._check_finite(x0, "the generator output")
+                sigma, noise = self._noise(x0)
+                if cfg.teacher_mode == "train":
+                    self.fake_score.train()
+                    self.teacher.train()
+                    dropout_seed = self._draw_seed()
+                    fake = _SharedDropout(self.fake_score, dropout_seed, self.device)
+                    teacher = _SharedDropout(self.teacher, dropout_seed, self.device)
+                else:
+                    self.fake_score.eval()
+                    fake, teacher = self.fake_score, self.teacher
+                with self._autocast():
+                    per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                loss = per_sample.float().mean()
+                self._check_finite(loss, "the generator loss")
+                g_norm = self._apply(loss, self.opt_G, self._g_params, self.scaler_G, "generator")
+        finally:
+            self.teacher.eval()
+            self.fake_score.requires_grad_(True)
+        self.cur_step += 1
+        self.cur_nimg += cfg.batch
+        self._update_ema()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+
+        stats = {
+            "step": self.cur_step,
+            "kimg": self.cur_nimg / 1000,
+            "loss/generator": loss.item(),
+            "loss/fake_score": sum(fake_losses) / len(fake_losses),
+            "fake_score/mse": sum(fake_mse) / len(fake_mse),
+            "grad_norm/generator": g_norm,
+            "grad_norm/fake_score": sum(fake_norms) / len(fake_norms),
+            "sec_per_step": dt,
+            "images_per_sec": cfg.batch / dt if dt > 0 else float("inf"),
+        }
+        gap = figs.get("gap")
+        if gap is not None:
+            gap = gap.float()
+            stats["gap/mean"] = gap.mean().item()
+            idx = bin_index(sigma.float(), cfg.gap_bins)
+            for k, name in enumerate(self._bin_names):
+                mask = idx == k
+                if mask.any():
+                    stats[f"gap/{name}"] = gap[mask].mean().item()
+        return stats
+
+    # ------------------------------------------------------------------ loops
+
+    def steps_for(self, kimg):
+        """Generator updates needed to show `kimg` thousand images at this batch size."""
+        return steps_for_kimg(kimg, self.config.batch)
+
+    def iterate(self, steps=None, kimg=None):
+        """Yield the statistics of each step; endless when neither steps nor kimg is given."""
+        n = self.steps_for(kimg) if kimg is not None else steps
+        done = 0
+        while n is None or done < n:
+            yield self.step()
+            done += 1
+
+    def run(self, steps=None, kimg=None, callback=None):
+        """Run `steps` updates (or `kimg` thousand images); `callback(refiner, stats)` after
+        each may return False to stop early. Returns the last step's statistics."""
+        if steps is None and kimg is None:
+            raise ValueError("give steps= or kimg=")
+        stats = None
+        for stats in self.iterate(steps=steps, kimg=kimg):
+            if callback is not None and callback(self, stats) is False:
+                break
+        return stats
+
+    # ------------------------------------------------------------------ results
+
+    def refined_generator(self, ema=True):
+        """The refined network as the user's own module class (live, on the refiner's device)."""
+        return (self.G_ema if ema else self.G).module
+
+    @torch.no_grad()
+    def sample(self, n, seed=0, ema=True, batch=None):
+        """Images from fixed seeds (CPU-drawn, so identical on any device); [-1, 1], NCHW, CPU."""
+        net = self.G_ema if ema else self.G
+        gen = torch.Generator().manual_seed(int(seed))
+        z, c = net.sample_latents(n, generator=gen, device=self.device,
+                                  label_probs=self.config.label_probs)
+        out = []
+        step = batch or self.config.batch
+        with _global_rng_scope(int(seed), self.device):
+            for i in range(0, n, step):
+                with self._autocast():
+                    out.append(net(z[i:i + step], c[i:i + step]).float().cpu())
+        return torch.cat(out)
+
+    def metadata(self, **extra):
+        """Plain-type description of this refinement, stored in exported pickles."""
+        import gan_refine
+        meta = {
+            "gan_refine_version": gan_refine.__version__,
+            "torch_version": torch.__version__,
+            "method": "diff-instruct" if self.config.loss == "ikl" else self.config.loss,
+            "options": self.config.to_dict(),
+            "step": self.cur_step,
+            "kimg": self.cur_nimg / 1000,
+            "start_from": self.gen_key,
+        }
+        meta.update(extra)
+        return meta
+
+    def export_dict(self, base=None):
+        """The network dict to pickle: `base` (default: the pickle dict the generator came from)
+        with G_ema and G replaced by the refined networks; every other entry kept."""
+        base = self.base if base is None else base
+        data = dict(base) if base is not None else {}
+
+        def frozen(net):
+            return copy.deepcopy(net.module).eval().requires_grad_(False).cpu()
+        data["G_ema"] = frozen(self.G_ema)
+        if base is None or "G" in data:
+            data["G"] = frozen(self.G)
+        return data
+
+    def export_pickle(self, path, base=None, check=True, **extra_metadata):
+        """Write the refined network pickle (original layout plus a 'gan_refine' entry).
+
+        With `check` (default) nothing is written unless upstream loaders could import every
+        class in the stream (persistent classes, torch, numpy); pass check=False to export a
+        network whose class lives in your own importable code.
+        """
+        from .pickles import save_network_pkl
+        return save_network_pkl(self.export_dict(base), path, check=check,
+                                metadata=self.metadata(**extra_metadata))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self):
+        """Everything needed to continue bit-for-bit: networks, optimisers, counters, RNGs."""
+        def opt(s):
+            return None if s is None else s.state_dict()
+        return {
+            "config": self.config.to_dict(),
+            "step": self.cur_step,
+            "nimg": self.cur_nimg,
+            "G": self.G.state_dict(),
+            "G_ema": self.G_ema.state_dict(),
+            "fake_score": self.fake_score.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_fake": self.opt_fake.state_dict(),
+            "scaler_G": opt(self.scaler_G),
+            "scaler_fake": opt(self.scaler_fake),
+            "rng": {"refiner": self.rng.get_state(), "device_type": self.device.type,
+                    "global": capture_global_rng()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore a state from `state_dict()`; the method settings must match this refiner's."""
+        saved = RefineConfig.from_dict(state["config"]).to_dict()
+        mine = self.config.to_dict()
+        diff = [k for k in mine if k not in METHOD_FIELDS_RESUMABLE and mine[k] != saved[k]]
+        if diff:
+            detail = ", ".join(f"{k}: saved {saved[k]!r} vs now {mine[k]!r}" for k in diff)
+            raise ValueError(f"the state was saved with different refine options ({detail}); "
+                             f"use the same options to resume")
+        self.G.load_state_dict(state["G"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.fake_score.load_state_dict(state["fake_score"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        for scaler, key in ((self.scaler_G, "scaler_G"), (self.scaler_fake, "scaler_fake")):
+            if scaler is not None and state.get(key):
+                scaler.load_state_dict(state[key])
+        self.cur_step = int(state["step"])
+        self.cur_nimg = int(state["nimg"])
+        saved_type = state["rng"].get("device_type", "cpu")
+        if saved_type != self.device.type:
+            raise ValueError(f"the state was saved on a {saved_type} device and cannot continue "
+                             f"bit-for-bit on {self.device.type}; resume with --device {saved_type}")
+        self.rng.set_state(state["rng"]["refiner"].cpu())
+        restore_global_rng(state["rng"]["global"])
+
+
+def refine(generator, teacher, *, steps=None, kimg=None, config=None, export=None, base=None,
+           callback=None, **kwargs):
+    """Refine `generator` against `teacher` and return the refined module (the EMA weights).
+
+    Keyword arguments are those of Refiner (batch=, lr_gen=, ..., generator_kwargs=). With
+    `export=path` the refined network pickle is also written there (layout of `base`, or of
+    the pickle dict passed as `generator`).
+    """
+    r = Refiner(generator, teacher, config, **kwargs)
+    r.run(steps=steps, kimg=kimg, callback=callback)
+    if export is not None:
+        r.export_pickle(export, base=base)
+    return r.refined_generator()

@@ -1,0 +1,242 @@
+"""`gan-refine` end to end on tiny fixture pickles: outputs, Ctrl-C + resume, bad inputs."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from gan_refine import compat, nets
+from gan_refine.cli import main
+from gan_refine.pickles import load_network_pkl, save_network_pkl
+from gan_refine.refiner import Refiner
+from gan_refine.snapshot import load_state
+
+FAST = ["--batch", "4", "--grid", "2", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pkls(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pkls")
+    paths = dict(gen=d / "gen.pkl", teacher=d / "teacher.pkl", teacher16=d / "teacher16.pkl",
+                 gen_cond=d / "gen_cond.pkl")
+    save_network_pkl(nets.stylegan2_pkl_dict(res=8, seed=0), paths["gen"])
+    save_network_pkl(nets.edm_pkl_dict(res=8, seed=3), paths["teacher"])
+    save_network_pkl(nets.edm_pkl_dict(res=16, seed=3), paths["teacher16"])
+    save_network_pkl(nets.stylegan2_pkl_dict(res=8, c_dim=3, seed=0), paths["gen_cond"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def invoke(args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_dirs(outdir):
+    return sorted(os.path.join(outdir, d) for d in os.listdir(outdir)) if os.path.isdir(outdir) else []
+
+
+def no_temp_files(folder):
+    return not [f for f in os.listdir(folder) if f.startswith(".") or ".tmp" in f]
+
+
+FORWARD = textwrap.dedent('''
+    import pickle, sys, torch
+    try:
+        import gan_refine
+        sys.exit("gan_refine must not be importable here")
+    except ImportError:
+        pass
+    def load(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    src, out = load(sys.argv[1]), load(sys.argv[2])
+    z = torch.randn([3, src["G_ema"].z_dim], generator=torch.Generator().manual_seed(0))
+    res = {}
+    for key in ("G", "G_ema"):
+        a = src[key](z, None, noise_mode="const")
+        b = out[key](z, None, noise_mode="const")
+        res[key] = (a - b).abs().max().item()
+    res["D_same"] = all(torch.equal(p, q) for p, q in zip(src["D"].state_dict().values(),
+                                                          out["D"].state_dict().values()))
+    res["keys"] = sorted(out)
+    res["meta"] = out["gan_refine"]
+    print("RESULT", repr(res))
+''')
+
+
+def test_end_to_end_outputs(pkls, tmp_path):
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.012, "--snap", 0.008,
+                "--outdir", outdir, "--lr-gen", 1e-3] + FAST)
+    assert r.exit_code == 0, r.output
+    (run,) = run_dirs(outdir)
+    assert os.path.basename(run).startswith("00000-gen-ikl")
+    files = set(os.listdir(run))
+    assert {"refine_options.json", "stats.jsonl", "refine-state.pt", "samples-init.png",
+            "samples-000002.png", "samples-000003.png", "network-snapshot-000002.pkl",
+            "network-snapshot-000003.pkl"} <= files
+    assert no_temp_files(run)
+    opts = json.load(open(os.path.join(run, "refine_options.json")))
+    assert opts["refine"]["batch"] == 4 and opts["resolved"]["steps"] == 3
+    lines = [json.loads(x) for x in open(os.path.join(run, "stats.jsonl"))]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all("loss/generator" in x and "gap/mean" in x and "images_per_sec" in x for x in lines)
+    for name in ("samples-init.png", "samples-000003.png"):
+        with Image.open(os.path.join(run, name)) as im:
+            im.load()
+            assert im.size == (16, 16) and im.mode == "RGB"
+
+    # The exported pickle reloads in a process with no gan_refine (our compat folder standing in
+    # for the user's own dnnlib/torch_utils), keeps the layout, and its generators have changed.
+    blocker = tmp_path / "blocker" / "gan_refine"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no gan_refine here')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker.parent), compat.COMPAT_DIR]),
+               OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", FORWARD, pkls["gen"],
+                          os.path.join(run, "network-snapshot-000003.pkl")],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    res = eval(out.stdout.split("RESULT", 1)[1])
+    assert res["keys"] == sorted(["training_set_kwargs", "G", "D", "G_ema", "augment_pipe", "gan_refine"])
+    assert res["G_ema"] > 1e-6 and res["G"] > 1e-6
+    assert res["D_same"]
+    assert res["meta"]["options"]["lr_gen"] == 1e-3 and res["meta"]["step"] == 3
+
+
+def test_dry_run_prints_resolved_config_and_writes_nothing(pkls, tmp_path):
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--dry-run", "--kimg", 1,
+                "--outdir", outdir, "--loss", "sid", "--betas", 0.5, 0.99])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output)
+    assert cfg["refine"]["loss"] == "sid" and cfg["refine"]["betas"] == [0.5, 0.99]
+    assert cfg["refine"]["lr_gen"] == 1e-5 and cfg["refine"]["P_mean"] == -1.2
+    assert cfg["resolved"]["steps"] == 8  # ceil(1000 / 128)
+    assert not outdir.exists()
+
+
+def _interrupt_at(monkeypatch, step):
+    orig = Refiner.step
+
+    def step_then_ctrl_c(self):
+        stats = orig(self)
+        if self.cur_step == step:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by the CLI: finish, snapshot, exit
+        return stats
+    monkeypatch.setattr(Refiner, "step", step_then_ctrl_c)
+
+
+def _weights(pkl):
+    data = load_network_pkl(pkl)
+    return {f"{k}.{n}": t for k in ("G", "G_ema") for n, t in data[k].state_dict().items()}
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch):
+    args = ["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.016, "--snap", 1,
+            "--lr-gen", 1e-3, "--teacher-mode", "train"] + FAST
+    r = invoke(args + ["--outdir", tmp_path / "full"])
+    assert r.exit_code == 0, r.output
+    (full,) = run_dirs(tmp_path / "full")
+
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2)
+        r = invoke(args + ["--outdir", tmp_path / "cut"])
+    assert r.exit_code == 0, r.output
+    assert "Interrupted after step 2" in r.output and "--resume" in r.output
+    (cut,) = run_dirs(tmp_path / "cut")
+    assert "network-snapshot-000002.pkl" in os.listdir(cut) and load_state(cut)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    # Only --resume and the new length: generator, teacher and settings come from the state.
+    r = invoke(["--resume", cut, "--kimg", 0.016, "--outdir", tmp_path / "cut", "--grid", 2])
+    assert r.exit_code == 0, r.output
+    resumed = run_dirs(tmp_path / "cut")[1]
+    a = _weights(os.path.join(full, "network-snapshot-000004.pkl"))
+    b = _weights(os.path.join(resumed, "network-snapshot-000004.pkl"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    opts = json.load(open(os.path.join(resumed, "refine_options.json")))
+    assert opts["refine"]["teacher_mode"] == "train" and opts["resolved"]["start_step"] == 2
+
+    r = invoke(["--resume", cut, "--kimg", 0.004, "--outdir", tmp_path / "cut"])
+    assert r.exit_code == 1 and "raise --kimg" in r.output
+
+
+def test_nan_in_generator_stops_with_one_line_and_keeps_last_snapshot(pkls, tmp_path, monkeypatch):
+    orig = Refiner.step
+
+    def poisoned(self):
+        if self.cur_step == 2:
+            with torch.no_grad():
+                for p in self.G.parameters():
+                    p.fill_(float("nan"))
+        return orig(self)
+    monkeypatch.setattr(Refiner, "step", poisoned)
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.02,
+                "--snap", 0.004, "--outdir", outdir] + FAST)
+    assert r.exit_code == 1
+    err = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and "NaN/inf at step 3" in err[0]
+    assert "network-snapshot-000002.pkl" in err[0]
+    (run,) = run_dirs(outdir)
+    assert not [f for f in os.listdir(run) if "000003" in f]
+    assert no_temp_files(run)
+    with open(os.path.join(run, "network-snapshot-000002.pkl"), "rb") as f:
+        data = pickle.load(f)
+    assert all(torch.isfinite(p).all() for p in data["G_ema"].parameters())
+    assert load_state(run)["step"] == 2
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("resolution", "8x8 images but the teacher denoises 16x16"),
+    ("labels", "class-conditional with 3 labels but the teacher is unconditional"),
+    ("missing", "no such file"),
+    ("unknown", "is not a file, a URL or a model name"),
+    ("kimg0", "--kimg must be greater than 0"),
+    ("no_edm_match", "no edm teacher"),
+    ("precision", "needs a CUDA device"),
+    ("label_probs", "--label-probs"),
+])
+def test_bad_inputs_give_one_line_errors_and_no_files(pkls, tmp_path, case, pattern):
+    gen, teacher = pkls["gen"], pkls["teacher"]
+    extra = []
+    if case == "resolution":
+        teacher = pkls["teacher16"]
+    elif case == "labels":
+        gen = pkls["gen_cond"]
+    elif case == "missing":
+        gen = str(tmp_path / "missing.pkl")
+    elif case == "unknown":
+        teacher = "no-such-model-name"
+    elif case == "kimg0":
+        extra = ["--kimg", "0"]
+    elif case == "no_edm_match":
+        teacher = "edm"
+    elif case == "precision":
+        extra = ["--precision", "fp16"]
+    elif case == "label_probs":
+        extra = ["--label-probs", "1,x"]
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", gen, "--teacher", teacher, "--outdir", outdir] + FAST + extra)
+    assert r.exit_code != 0
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    assert pattern in lines[0]
+    assert run_dirs(outdir) == []
