@@ -50,7 +50,8 @@ def _fail(msg):
 @click.option("--gen", type=str, default=None,
               help="Generator network pickle: path, URL or name from pretrained_urls.json.  [required unless --resume]")
 @click.option("--teacher", type=str, default=_RUN.teacher,
-              help="Diffusion teacher pickle: path, URL, name, or 'edm' to pick the EDM model matching the generator.")
+              help="Diffusion teacher pickle: path, URL, name, or a family/data-set word ('edm', "
+                   "'digits') to pick the table's teacher matching the generator.")
 @click.option("--start-from", "gen_key", type=click.Choice(["G_ema", "G"]), default=_RUN.gen_key,
               help="Which generator of the pickle to refine.")
 @click.option("--outdir", type=click.Path(file_okay=False), default=_RUN.outdir,
@@ -188,12 +189,12 @@ def _generator_adapter(data, gen_key):
         _fail(f"--gen: {err}")
 
 
-def _pick_teacher(gen):
+def _pick_teacher(gen, selector):
     from . import pretrained
     try:
-        return pretrained.find_teacher("edm", gen.img_resolution, gen.img_channels, gen.c_dim)
+        return pretrained.find_teacher(selector, gen.img_resolution, gen.img_channels, gen.c_dim)
     except ValueError as err:
-        _fail(f"--teacher edm: {err}")
+        _fail(f"--teacher {selector}: {err}")
 
 
 def _next_run_dir(outdir, desc):
@@ -250,9 +251,11 @@ def launch(run, state=None, dry_run=False, progress=True):
     gen_target = _resolve_source(run.gen, "gen")
     gen_data = None
     teacher_src = run.teacher
-    if teacher_src == "edm":
+    from . import pretrained
+    # A family or data-set word ('edm', 'digits') means: the table's teacher that fits --gen.
+    if not os.path.exists(teacher_src) and teacher_src.lower() in pretrained.teacher_selectors():
         gen_data = _load(gen_target, "gen")
-        teacher_src = _pick_teacher(_generator_adapter(gen_data, run.gen_key))
+        teacher_src = _pick_teacher(_generator_adapter(gen_data, run.gen_key), teacher_src.lower())
     teacher_target = _resolve_source(teacher_src, "teacher")
     steps = steps_for_kimg(run.kimg, run.refine.batch)
     snap_steps = max(1, int(round(run.snap * 1000 / run.refine.batch)))

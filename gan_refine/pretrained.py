@@ -106,8 +106,18 @@ def _looks_like_path(s):
             or s.lower().endswith(_FILE_SUFFIXES))
 
 
+PACKAGE_PREFIX = "package:"   # url of a model shipped inside gan_refine: package:<path below gan_refine/>
+
+
+def package_path(url):
+    """Local path of a `package:` url (a model file shipped with gan_refine)."""
+    rel = url[len(PACKAGE_PREFIX):].lstrip("/")
+    return str(Path(__file__).parent.joinpath(*rel.split("/")))
+
+
 def resolve(name_or_path_or_url):
-    """Turn a model name into its URL; return paths and URLs unchanged.
+    """Turn a model name into its URL (or local path, for shipped models); return paths and
+    URLs unchanged.
 
     An existing file always wins over a table name. A string that looks like a path (has a
     directory separator or a file suffix) is returned unchanged even if missing, so the opener
@@ -118,6 +128,8 @@ def resolve(name_or_path_or_url):
         return s
     entry = lookup(s)
     if entry is not None:
+        if entry["url"].startswith(PACKAGE_PREFIX):
+            return package_path(entry["url"])
         return entry["url"]
     if _looks_like_path(s):
         return s
@@ -133,15 +145,21 @@ def _brief(name, entry):
     return f"{name} ({r}x{r}, {entry['channels']}ch, {lab or 'no'} labels)"
 
 
+def teacher_selectors():
+    """Words `--teacher` accepts for an automatic pick: teacher families and data sets."""
+    teachers = [e for e in _models().values() if e["role"] == "teacher"]
+    return sorted({e["family"].lower() for e in teachers} | {e["dataset"].lower() for e in teachers})
+
+
 def find_teacher(family, img_resolution, img_channels, label_dim, prefer="vp"):
-    """Name of the teacher of `family` that matches the generator exactly.
+    """Name of the teacher of `family` (or of that data set) that matches the generator exactly.
 
     Among matches, EDM's config F models ('edm-*') come before the config A baselines, and
     `prefer` ('vp' by default) before other variants; ties by name.
     """
     family = str(family).lower()
     pool = {n: e for n, e in _models().items()
-            if e["role"] == "teacher" and e["family"].lower() == family}
+            if e["role"] == "teacher" and family in (e["family"].lower(), e["dataset"].lower())}
     if not pool:
         fams = sorted({e["family"] for e in _models().values() if e["role"] == "teacher"})
         raise NoMatchingTeacherError(f"no teacher family {family!r} in {_TABLE_PATH.name}; "
@@ -167,4 +185,7 @@ def expected_sha256(url_or_name):
     """Published sha256 of a model given by name or URL; None when unknown or not in the table."""
     s = os.fspath(url_or_name)
     entry = lookup_url(s) if is_url(s) else lookup(s)
+    if entry is None:
+        entry = next((e for e in _models().values() if e["url"].startswith(PACKAGE_PREFIX)
+                      and os.path.abspath(package_path(e["url"])) == os.path.abspath(s)), None)
     return None if entry is None else entry["sha256"]
