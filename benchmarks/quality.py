@@ -1,0 +1,198 @@
+"""Does refinement make the digits GANs better? Digits-FID/KID before, after, vs the teacher.
+
+For each digits pair (unconditional, conditional) it reports, against the training images:
+  (a) the starting generator (G_ema of the shipped pickle),
+  (b) the refined generator after each budget, mean and spread over --seeds refinement seeds,
+  (c) the teacher's own multi-step sampler (EDM Heun, 18 steps = 35 evaluations),
+  (d) the held-out test images (the floor: real images the models never saw),
+plus one ablation (--ablation: fake-score updates per generator update 1 vs 5, or IKL vs SiD),
+with wall times and the machine. Writes <out>.json and <out>.md.
+
+    python benchmarks/quality.py [--quick] [--out docs/quality]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gan_refine  # noqa: E402
+from gan_refine.metrics.detectors import get_detector  # noqa: E402
+from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
+from gan_refine.metrics.compute import quantize  # noqa: E402
+from gan_refine.refiner import Refiner  # noqa: E402
+from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
+
+PAIRS = {"uncond": ("digits", "digits-edm"), "cond": ("digits-cond", "digits-edm-cond")}
+
+
+def features(detector, images, batch=500):
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(detector(quantize(images[i:i + batch]).to(detector_device(detector))).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def detector_device(detector):
+    return getattr(detector, "device", torch.device("cpu"))
+
+
+def fid_kid(feat, ref_feat):
+    mu1, s1 = feat.mean(0), np.cov(feat, rowvar=False)
+    mu2, s2 = ref_feat.mean(0), np.cov(ref_feat, rowvar=False)
+    fid = float(frechet_distance(mu1, s1, mu2, s2))
+    kid = kernel_inception_distance(feat, ref_feat, num_subsets=50, max_subset_size=500, seed=0)
+    kid = float(kid[0] if isinstance(kid, (tuple, list)) else kid)
+    return fid, kid
+
+
+def teacher_samples(teacher_data, n, device, seed=0, steps=18):
+    from gan_refine.zoo.edm_sampler import heun_sample
+    net = teacher_data["ema"].to(device).eval()
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(n, net.img_channels, net.img_resolution, net.img_resolution, generator=gen)
+    labels = None
+    if net.label_dim:
+        labels = torch.eye(net.label_dim)[torch.randint(net.label_dim, (n,), generator=gen)]
+    out = []
+    for i in range(0, n, 500):
+        lab = None if labels is None else labels[i:i + 500].to(device)
+        out.append(heun_sample(net, latents[i:i + 500].to(device), lab, num_steps=steps).float().cpu())
+    return torch.cat(out).clamp(-1, 1)
+
+
+def summarize(values):
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def run_pair(kind, args, detector, ref_feat, device, log):
+    gen_name, teacher_name = PAIRS[kind]
+    gen_data = gan_refine.load_network_pkl(gen_name)
+    teacher_data = gan_refine.load_network_pkl(teacher_name)
+    res = {"generator": gen_name, "teacher": teacher_name}
+
+    start = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=0)
+    res["start"] = dict(zip(("fid", "kid"), fid_kid(features(detector, start.sample(args.num, seed=1)), ref_feat)))
+    log(f"[{kind}] start: FID {res['start']['fid']:.3f}")
+
+    t0 = time.time()
+    timg = teacher_samples(teacher_data, args.num, device)
+    res["teacher_heun18"] = dict(zip(("fid", "kid"), fid_kid(features(detector, timg), ref_feat)),
+                                 seconds=time.time() - t0, nfe=35)
+    log(f"[{kind}] teacher Heun-18: FID {res['teacher_heun18']['fid']:.3f}")
+
+    def refine_curve(label, **overrides):
+        curve = {b: {"fid": [], "kid": []} for b in args.budgets}
+        secs = []
+        for seed in range(args.seeds):
+            r = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=seed,
+                        lr_gen=args.lr, lr_fake=args.lr, **overrides)
+            t = time.time()
+            done = 0
+            for b in args.budgets:
+                r.run(steps=b - done)
+                done = b
+                fid, kid = fid_kid(features(detector, r.sample(args.num, seed=1)), ref_feat)
+                curve[b]["fid"].append(fid)
+                curve[b]["kid"].append(kid)
+                log(f"[{kind}] {label} seed {seed} step {b}: FID {fid:.3f}")
+            secs.append(time.time() - t)
+        return {str(b): {"fid": summarize(v["fid"]), "kid": summarize(v["kid"])} for b, v in curve.items()}, secs
+
+    res["refined"], secs = refine_curve("ikl")
+    res["refine_seconds_per_seed"] = summarize(secs)
+    if args.ablation == "fake-updates":
+        res["ablation"] = {"name": "fake-score updates per generator update = 5",
+                           "curve": refine_curve("fake5", fake_updates=5)[0]}
+    elif args.ablation == "sid":
+        res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
+    return res
+
+
+def markdown(results, meta):
+    lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; "
+             f"{meta['num']} generated images vs {meta['num_ref']} training images, digits detector "
+             f"({meta['feature_dim']}-d features); refinement: batch {meta['batch']}, lr {meta['lr']}, "
+             f"{meta['seeds']} seeds (mean ± std).", "",
+             f"Floor (held-out test vs train, {meta['num_test']} images): FID {results['floor']['fid']:.3f}, "
+             f"KID {results['floor']['kid']:.5f}", ""]
+    for kind in ("uncond", "cond"):
+        r = results.get(kind)
+        if r is None:
+            continue
+        lines += [f"### {kind}: {r['generator']} refined against {r['teacher']}", "",
+                  "| model | steps | FID | KID |", "|---|---|---|---|",
+                  f"| starting generator | 0 | {r['start']['fid']:.3f} | {r['start']['kid']:.5f} |"]
+        for b, v in r["refined"].items():
+            lines.append(f"| refined (IKL) | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
+                         f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
+        if "ablation" in r:
+            for b, v in r["ablation"]["curve"].items():
+                lines.append(f"| {r['ablation']['name']} | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
+                             f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
+        t = r["teacher_heun18"]
+        lines.append(f"| teacher, EDM Heun 18 steps (35 NFE) | - | {t['fid']:.3f} | {t['kid']:.5f} |")
+        last = r["refined"][str(max(int(b) for b in r["refined"]))]["fid"]["mean"]
+        gap = r["start"]["fid"] - t["fid"]
+        closed = (r["start"]["fid"] - last) / gap if gap > 0 else float("nan")
+        lines += ["", f"Share of the start-to-teacher FID gap closed at the largest budget: {closed:.0%} "
+                      f"(refinement wall time per seed: {r['refine_seconds_per_seed']['mean']:.0f} s)", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="uncond,cond")
+    ap.add_argument("--budgets", default="250,500,1000", help="generator steps at which to evaluate")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--num", type=int, default=2000, help="generated images per evaluation")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid"], default="fake-updates")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed: a smoke run")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.budgets, args.seeds, args.num, args.ablation = "5,10", 1, 300, "none"
+    args.budgets = [int(b) for b in args.budgets.split(",")]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    t_all = time.time()
+
+    def log(msg):
+        print(f"{time.time() - t_all:7.1f}s {msg}", flush=True)
+
+    detector = get_detector("digits", device=device)
+    x_train, _, x_test, _ = load_digits_split(16)
+    ref_feat = features(detector, x_train)
+    floor = fid_kid(features(detector, x_test), ref_feat)
+    results = {"floor": {"fid": floor[0], "kid": floor[1]}}
+    log(f"floor: FID {floor[0]:.3f}")
+    for kind in args.pairs.split(","):
+        results[kind] = run_pair(kind, args, detector, ref_feat, device, log)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "batch": args.batch,
+            "lr": args.lr, "seeds": args.seeds, "feature_dim": int(ref_feat.shape[1]),
+            "total_seconds": time.time() - t_all}
+    md = markdown(results, meta)
+    print(md)
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        with open(args.out + ".md", "w") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
