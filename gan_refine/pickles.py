@@ -15,11 +15,10 @@ import io
 import os
 import pickle
 import pickletools
-import tempfile
-import uuid
 import zipfile
 
 from . import compat as _compat
+from .snapshot import atomic_write_bytes
 
 _compat.install()
 
@@ -199,25 +198,6 @@ def save_network_pkl(data, path, *, metadata=None, check=True):
         _check_stream(stream)
     atomic_write_bytes(path, stream)
     return path
-
-
-def atomic_write_bytes(path, payload):
-    """Write bytes to `path` via a temporary file in the same folder and os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(err.errno, f"could not write {path}: {err.strerror}; the previous file, if any, "
-                                 "is untouched (free some disk space or choose another --outdir)") from err
 
 
 def describe(data):

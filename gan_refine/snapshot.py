@@ -34,6 +34,9 @@ def atomic_write_bytes(path, payload):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write {path}: {err.strerror or err}; the previous file, if "
+                                 "any, is untouched (free some disk space or choose another --outdir)") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
