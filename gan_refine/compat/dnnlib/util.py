@@ -6,17 +6,22 @@ to fetch network pickles and detectors. Downloads go through `requests` into a c
 never leaves a file that looks complete.
 """
 
+import ctypes
+import fnmatch
+import glob
 import hashlib
 import importlib
 import io
 import os
+import pickle
 import re
+import shutil
 import sys
 import tempfile
 import time
 import urllib.parse
 import uuid
-from typing import Any
+from typing import Any, List, Tuple, Union
 
 
 class EasyDict(dict):
@@ -37,6 +42,54 @@ class EasyDict(dict):
 
 # Pickled EasyDicts must name `dnnlib.util`, whichever way this module was imported.
 EasyDict.__module__ = "dnnlib.util"
+
+
+class Logger:
+    """Tee stdout (and stderr, merged into it) to an optional log file, flushing as it goes.
+
+    Training scripts create one at start-up; `close()` (or leaving a `with` block) restores
+    the original streams if they still point here.
+    """
+
+    def __init__(self, file_name: str = None, file_mode: str = "w", should_flush: bool = True):
+        self.file = open(file_name, file_mode) if file_name is not None else None
+        self.should_flush = should_flush
+        self.stdout = sys.stdout
+        self.stderr = sys.stderr
+        sys.stdout = self
+        sys.stderr = self
+
+    def __enter__(self) -> "Logger":
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.close()
+
+    def write(self, text: Union[str, bytes]) -> None:
+        if isinstance(text, bytes):
+            text = text.decode()
+        if not text:
+            return  # some debuggers crash on an empty write followed by a flush
+        if self.file is not None:
+            self.file.write(text)
+        self.stdout.write(text)
+        if self.should_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+        self.stdout.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if sys.stdout is self:
+            sys.stdout = self.stdout
+        if sys.stderr is self:
+            sys.stderr = self.stderr
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 # ----------------------------------------------------------------------------
@@ -147,13 +200,102 @@ def format_time(seconds) -> str:
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
+def format_time_brief(seconds) -> str:
+    """Like format_time() with the smallest unit dropped above one hour."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {(s // 60) % 60:02d}m"
+    return f"{s // 86400}d {(s // 3600) % 24:02d}h"
+
+
+_YES = ("y", "yes", "t", "true", "on", "1")
+_NO = ("n", "no", "f", "false", "off", "0")
+
+
 def ask_yes_no(question: str) -> bool:
     while True:
-        answer = input(f"{question} [y/n] ").strip().lower()
-        if answer in ("y", "yes"):
+        print(f"{question} [y/n]")
+        answer = input().strip().lower()
+        if answer in _YES:
             return True
-        if answer in ("n", "no"):
+        if answer in _NO:
             return False
+
+
+def tuple_product(t: Tuple) -> Any:
+    result = 1
+    for v in t:
+        result *= v
+    return result
+
+
+_str_to_ctype = {
+    "uint8": ctypes.c_ubyte, "uint16": ctypes.c_uint16, "uint32": ctypes.c_uint32, "uint64": ctypes.c_uint64,
+    "int8": ctypes.c_byte, "int16": ctypes.c_int16, "int32": ctypes.c_int32, "int64": ctypes.c_int64,
+    "float32": ctypes.c_float, "float64": ctypes.c_double,
+}
+
+
+def get_dtype_and_ctype(type_obj: Any):
+    """(numpy dtype, ctypes type) of equal size for a type name, or an object with a name."""
+    import numpy as np  # lazily: dnnlib itself must import without numpy
+    if isinstance(type_obj, str):
+        type_str = type_obj
+    elif hasattr(type_obj, "__name__"):
+        type_str = type_obj.__name__
+    elif hasattr(type_obj, "name"):
+        type_str = type_obj.name
+    else:
+        raise RuntimeError("Cannot infer type name from input")
+    assert type_str in _str_to_ctype
+    dtype, ctype = np.dtype(type_str), _str_to_ctype[type_str]
+    assert dtype.itemsize == ctypes.sizeof(ctype)
+    return dtype, ctype
+
+
+def is_pickleable(obj: Any) -> bool:
+    try:
+        with io.BytesIO() as stream:
+            pickle.dump(obj, stream)
+        return True
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+# ----------------------------------------------------------------------------
+# File system helpers that training scripts use to snapshot their sources.
+
+def list_dir_recursively_with_ignore(dir_path: str, ignores: List[str] = None,
+                                     add_base_to_relative: bool = False) -> List[Tuple[str, str]]:
+    """[(absolute path, path relative to dir_path)] of every file below dir_path, skipping
+    files and folders whose names match any fnmatch pattern in `ignores`."""
+    assert os.path.isdir(dir_path)
+    base_name = os.path.basename(os.path.normpath(dir_path))
+    ignores = ignores or []
+    result = []
+    for root, dirs, files in os.walk(dir_path, topdown=True):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatch(d, pat) for pat in ignores)]
+        files = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in ignores)]
+        for name in files:
+            absolute = os.path.join(root, name)
+            relative = os.path.relpath(absolute, dir_path)
+            if add_base_to_relative:
+                relative = os.path.join(base_name, relative)
+            result.append((absolute, relative))
+    return result
+
+
+def copy_files_and_create_dirs(files: List[Tuple[str, str]]) -> None:
+    """Copy each (src, dst) pair, creating the destination folders as needed."""
+    for src, dst in files:
+        target_dir = os.path.dirname(dst)
+        if target_dir and not os.path.exists(target_dir):
+            os.makedirs(target_dir)
+        shutil.copyfile(src, dst)
 
 
 # ----------------------------------------------------------------------------
@@ -177,11 +319,15 @@ def _file_url_to_path(url: str) -> str:
     return path
 
 
-def _cache_file_name(url: str) -> str:
-    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
-    base = os.path.basename(urllib.parse.urlparse(url).path) or "download"
-    base = re.sub(r"[^0-9A-Za-z_.-]+", "_", base)
-    return f"{url_md5}_{base}"
+def _safe_cache_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z._-]", "_", name)
+
+
+def _find_cached(cache_dir: str, url_md5: str):
+    """The cached file for a URL: `<md5 of the URL>_<anything>`, the layout upstream's
+    open_url() writes and reads, so both share one cache. Ambiguous = not cached."""
+    matches = glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*"))
+    return matches[0] if len(matches) == 1 else None
 
 
 class DownloadError(IOError):
@@ -214,14 +360,16 @@ def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: b
 
     if cache_dir is None:
         cache_dir = make_cache_dir_path("downloads")
-    cache_path = os.path.join(cache_dir, _cache_file_name(url))
-    if cache and os.path.isfile(cache_path):
-        if sha256 is not None and _sha256_of_file(cache_path) != sha256.lower():
-            os.remove(cache_path)  # a stale or tampered cache entry: fetch again
+    url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
+    cached = _find_cached(cache_dir, url_md5) if cache else None
+    if cached is not None:
+        if sha256 is not None and _sha256_of_file(cached) != sha256.lower():
+            os.remove(cached)  # a stale or tampered cache entry: fetch again
         else:
-            return cache_path if return_filename else open(cache_path, "rb")
+            return cached if return_filename else open(cached, "rb")
 
-    data = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
+    data, url_name = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
+    cache_path = os.path.join(cache_dir, url_md5 + "_" + _safe_cache_name(url_name))
     if sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != sha256.lower():
@@ -272,9 +420,12 @@ def _download(url: str, num_attempts: int, verbose: bool, timeout: float) -> byt
                         raise DownloadError(f"transfer interrupted: got {len(data)} of {expected} bytes")
                     if len(data) == 0:
                         raise DownloadError("empty response")
+                    # Cache entries are named after the server's file name, else the whole URL.
+                    match = re.search(r'filename="([^"]*)"', res.headers.get("Content-Disposition", ""))
+                    url_name = match[1] if match else url
                 if verbose:
                     print(" done", file=sys.stderr, flush=True)
-                return data
+                return data, url_name
             except requests.HTTPError as err:
                 last_error = err
                 if err.response is not None and 400 <= err.response.status_code < 500:

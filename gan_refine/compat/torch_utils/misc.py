@@ -36,7 +36,9 @@ def constant(value, shape=None, dtype=None, device=None, memory_format=None):
     if cached is None:
         cached = torch.as_tensor(value.copy(), dtype=dtype, device=device)
         if shape is not None:
-            cached = cached.expand(shape)  # raises for incompatible shapes, like broadcasting
+            # Broadcast *together* with `shape` (not expand to it): a value with more or larger
+            # dimensions than `shape` keeps them, as in network code written for upstream.
+            cached = cached.expand(torch.broadcast_shapes(tuple(cached.shape), shape))
         cached = cached.contiguous(memory_format=memory_format)
         _constant_cache[key] = cached
     return cached
@@ -62,13 +64,24 @@ symbolic_assert = torch._assert  # pylint: disable=protected-access
 # Shape checks.
 
 
-class suppress_tracer_warnings(warnings.catch_warnings):  # pylint: disable=invalid-name
-    """Context manager that silences torch.jit.TracerWarning (e.g. tensor-to-bool conversions)."""
+@contextlib.contextmanager
+def suppress_tracer_warnings():
+    """Context manager that silences torch.jit.TracerWarning (e.g. tensor-to-bool conversions).
 
-    def __enter__(self):
-        super().__enter__()
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        return self
+    Network code enters this several times per forward pass, so it must not use
+    warnings.catch_warnings: leaving that resets the registry of already-shown warnings, and
+    every once-per-location warning would then be repeated on each forward. Only our own
+    filter entry is added and taken out again; the rest of the filter list is left alone.
+    """
+    entry = ("ignore", None, torch.jit.TracerWarning, None, 0)
+    warnings.filters.insert(0, entry)
+    try:
+        yield
+    finally:
+        try:
+            warnings.filters.remove(entry)
+        except ValueError:
+            pass  # someone replaced the filter list inside the block; nothing of ours to remove
 
 
 def assert_shape(tensor, ref_shape):

@@ -32,7 +32,8 @@ def persistent_class(orig_class):
     """Class decorator: instances pickle together with the source of the defining module.
 
     The constructor's positional and keyword arguments are recorded (`init_args`,
-    `init_kwargs`) so that a network can be rebuilt with the same configuration.
+    `init_kwargs`) so that a network can be rebuilt with the same configuration, unless the
+    constructor sets `self._record_init_args = False`.
     """
     if not isinstance(orig_class, type):
         raise TypeError("persistent_class() expects a class")
@@ -50,19 +51,24 @@ def persistent_class(orig_class):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            # Attribute names are part of the format: pickles store them in the state.
-            self._init_args = copy.deepcopy(args)
-            self._init_kwargs = copy.deepcopy(kwargs)
+            # Attribute names are part of the format: pickles store them in the state. A class
+            # may opt out by setting `self._record_init_args = False` in its constructor (EDM's
+            # convention); both are then stored as None.
+            record = getattr(self, "_record_init_args", True)
+            self._init_args = copy.deepcopy(args) if record else None
+            self._init_kwargs = copy.deepcopy(kwargs) if record else None
             if class_name not in orig_module.__dict__:
                 raise RuntimeError(f"persistent class {class_name} must be defined at the top level of its module")
             _check_pickleable(self.__reduce__())
 
         @property
         def init_args(self):
+            assert self._init_args is not None, "this object was built with _record_init_args = False"
             return copy.deepcopy(self._init_args)
 
         @property
         def init_kwargs(self):
+            assert self._init_kwargs is not None, "this object was built with _record_init_args = False"
             return dnnlib.EasyDict(copy.deepcopy(self._init_kwargs))
 
         def __reduce__(self):

@@ -29,6 +29,18 @@ activation_funcs = {
 # `ref` names the tensor the kernel's backward pass reads ('x' = input, 'y' = output, '' = none).
 
 
+_plugin = None  # the loaded CUDA plugin once _init() succeeded
+
+
+def _init():
+    """Build the CUDA kernels now instead of on first use; True when they are available."""
+    global _plugin  # pylint: disable=global-statement
+    if _plugin is None:
+        from . import _load_plugin
+        _plugin = _load_plugin("bias_act")
+    return _plugin is not None
+
+
 def _resolve(act, alpha, gain, clamp):
     spec = activation_funcs[act]
     alpha = float(alpha if alpha is not None else spec.def_alpha)
@@ -62,12 +74,18 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     from . import _cuda
     if _cuda.use_cuda("bias_act", impl, x):
         return _cuda.bias_act(x, b, dim, act, alpha, gain, clamp)
-    return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
+    return _bias_act_ref(x=x, b=b, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp)
 
 
 @misc.profiled_function
-def _bias_act_ref(x, b, dim, spec, alpha, gain, clamp):
+def _bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    """Pure PyTorch bias_act(); same arguments (code written for upstream may call it directly)."""
+    assert isinstance(x, torch.Tensor)
+    spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
     if b is not None:
+        assert isinstance(b, torch.Tensor) and b.ndim == 1
+        assert 0 <= dim < x.ndim
+        assert b.shape[0] == x.shape[dim]
         x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     x = spec.func(x, alpha=alpha)
     if gain != 1:

@@ -10,6 +10,18 @@ from . import upfirdn2d
 from .upfirdn2d import _get_filter_size, _parse_padding
 
 
+_plugin = None  # the loaded CUDA plugin once _init() succeeded
+
+
+def _init():
+    """Build the CUDA kernels now instead of on first use; True when they are available."""
+    global _plugin  # pylint: disable=global-statement
+    if _plugin is None:
+        from . import _load_plugin
+        _plugin = _load_plugin("filtered_lrelu")
+    return _plugin is not None
+
+
 def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=np.sqrt(2), slope=0.2, clamp=None,
                    flip_filter=False, impl="cuda"):
     """Compute, per channel:

@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from .. import misc
 
 
+_plugin = None  # the loaded CUDA plugin once _init() succeeded
+
+
+def _init():
+    """Build the CUDA kernels now instead of on first use; True when they are available."""
+    global _plugin  # pylint: disable=global-statement
+    if _plugin is None:
+        from . import _load_plugin
+        _plugin = _load_plugin("upfirdn2d")
+    return _plugin is not None
+
+
 def _parse_scaling(scaling):
     if isinstance(scaling, numbers.Integral):
         scaling = [scaling, scaling]
@@ -120,6 +132,9 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     downx, downy = _parse_scaling(down)
     padx0, padx1, pady0, pady1 = _parse_padding(padding)
 
+    fw, fh = _get_filter_size(f)
+    assert w * upx + padx0 + padx1 >= fw and h * upy + pady0 + pady1 >= fh, "filter larger than the padded image"
+
     # Zero insertion: each pixel becomes the top-left corner of an up x up block.
     if upx > 1 or upy > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -130,9 +145,13 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
     x = x[:, :, max(-pady0, 0): x.shape[2] - max(-pady1, 0), max(-padx0, 0): x.shape[3] - max(-padx1, 0)]
 
+    # The gain is applied in at least float32 *before* casting to the input's dtype, so a
+    # float16 input (StyleGAN2-ADA runs its top blocks in float16 even on CPU) gets taps
+    # rounded once, as upstream's networks did; float32 inputs see the identical product.
     # conv2d correlates, so flip the taps to get a true convolution. Striding the convolution
     # equals filtering then keeping every down-th pixel, without computing the dropped ones.
-    f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
+    f = f.to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
