@@ -140,12 +140,23 @@ def forward_backward(run, impl, inputs, grad_out=None):
     return y, grads, g
 
 
+# op -> paths its impl='cuda' calls took. report() holds only each op's latest call, and the
+# reference runs (and filtered_lrelu's reference, which calls the other two ops) overwrite it.
+CUDA_PATHS = {}
+
+
+def cuda_path(op):
+    path = custom_ops.report()[op]
+    CUDA_PATHS.setdefault(op, set()).add(path)
+    return path
+
+
 def check_accuracy(case, dtype_name, device, rehearsal):
     dtype = getattr(torch, dtype_name)
     run = case["run"]
     inputs = make_inputs(case, dtype, device, seed=7)
     y, grads, g = forward_backward(run, "cuda", inputs)
-    path = custom_ops.report()[case["op"]]
+    path = cuda_path(case["op"])
     # Reference in fp32 from the very same (possibly fp16-rounded) inputs.
     ref_in = [t.float() for t in inputs]
     yr, gr, _ = forward_backward(run, "ref", ref_in, g)
@@ -169,7 +180,7 @@ def check_gradients(case, device, rehearsal):
     inputs = [t.requires_grad_(True) for t in make_inputs(case, torch.float64, device, seed=11)]
     fn = lambda *xs: case["run"]("cuda", *xs)  # noqa: E731
     first = torch.autograd.gradcheck(fn, inputs, raise_exception=True)
-    path = custom_ops.report()[case["op"]]
+    path = cuda_path(case["op"])
     second = torch.autograd.gradgradcheck(fn, inputs, raise_exception=True) if case.get("second") else None
     ok = bool(first) and second is not False and (rehearsal or path == "cuda")
     return dict(case=case["name"], gradcheck=bool(first), gradgradcheck=second, path=path, ok=ok)
@@ -215,6 +226,26 @@ def time_case(case, dtype_name, device, warmup, repeats):
     return row
 
 
+def host_overhead(case, dtype_name, device, calls):
+    """Host microseconds per forward call (no_grad) on a small shape, where the GPU work is
+    negligible: the Python + launch overhead of each path."""
+    inputs = make_inputs(case, getattr(torch, dtype_name), device, seed=5)
+    row = dict(case=case["name"], dtype=dtype_name, shape=case["shapes"][0])
+    for impl in ("ref", "cuda"):
+        with torch.no_grad():
+            for _ in range(10):
+                case["run"](impl, *inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                case["run"](impl, *inputs)
+            row[f"host_{impl}_us"] = (time.perf_counter() - t0) / calls * 1e6
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+    return row
+
+
 # ----------------------------------------------------------------------------------------------
 
 def environment(device):
@@ -239,7 +270,10 @@ def environment(device):
 def markdown(result):
     lines = ["# CUDA ops check", ""]
     lines += [f"- {k}: {v}" for k, v in result["environment"].items()]
-    lines += [f"- build: {result['build']}", f"- overall: {'PASS' if result['ok'] else 'FAIL'}", "",
+    lines += [f"- build: {result['build']}", f"- overall: {'PASS' if result['ok'] else 'FAIL'}"]
+    if result.get("paths"):
+        lines += ["- paths of the impl='cuda' calls: " + ", ".join(f"{k}: {v}" for k, v in result["paths"].items())]
+    lines += ["",
               "## Accuracy (relative L2 error vs the reference path)", "",
               "| case | dtype | shape | path | out | grads | tol | ok |", "|---|---|---|---|---|---|---|---|"]
     for r in result["accuracy"]:
@@ -263,6 +297,15 @@ def markdown(result):
         lines.append(f"| {r['case']} | {r['dtype']} | {r['shape']} | {r['fwd_ref_ms']:.3f} | {r['fwd_cuda_ms']:.3f} | "
                      f"{r['fwd_speedup']:.2f} | {r['fwdbwd_ref_ms']:.3f} | {r['fwdbwd_cuda_ms']:.3f} | "
                      f"{r['fwdbwd_speedup']:.2f} |")
+    if result.get("overhead"):
+        lines += ["", "## Host time per forward call (us, no_grad, small shapes: Python + launch overhead)", "",
+                  "| case | dtype | shape | ref | cuda |", "|---|---|---|---|---|"]
+        for r in result["overhead"]:
+            if "error" in r:
+                lines.append(f"| {r['case']} | {r['dtype']} | | | EXCEPTION |")
+                continue
+            lines.append(f"| {r['case']} | {r['dtype']} | {r['shape']} | {r['host_ref_us']:.1f} | "
+                         f"{r['host_cuda_us']:.1f} |")
     if result.get("sg2_fwdbwd_speedup_geomean"):
         lines += ["", f"StyleGAN2 layer shapes, forward+backward speed-up (geometric mean): "
                       f"{result['sg2_fwdbwd_speedup_geomean']:.2f}x"]
@@ -329,6 +372,18 @@ def main():
                 r = dict(case=case["name"], dtype=dt, error=traceback.format_exc())
             result["timing"].append(r)
             print(json.dumps(r, default=str), flush=True)
+    result["overhead"] = []
+    small = [bias_act_case("bias_act lrelu", [4, 32, 4, 4]),
+             upfirdn_case("upfirdn2d up2 4x4", [4, 32, 8, 8], up=2, padding=[2, 1, 2, 1], gain=4),
+             flrelu_case("filtered_lrelu 12-tap", [4, 32, 12, 12], padding=[11, 10, 11, 10])]
+    print(f"\n== host overhead ({time.time() - t_start:.0f} s) ==", flush=True)
+    for case in small:
+        try:
+            r = host_overhead(case, "float32", device, calls=20 if rehearsal else 200)
+        except Exception:  # noqa: BLE001
+            r = dict(case=case["name"], dtype="float32", error=traceback.format_exc())
+        result["overhead"].append(r)
+        print(json.dumps(r, default=str), flush=True)
     sg2 = [r["fwdbwd_speedup"] for r in result["timing"] if r["case"].startswith("sg2") and "error" not in r]
     if sg2:
         result["sg2_fwdbwd_speedup_geomean"] = float(np.exp(np.mean(np.log(sg2))))
@@ -336,7 +391,7 @@ def main():
     failures = [r for r in result["accuracy"] + result["gradcheck"] if not r["ok"]]
     result["ok"] = not failures
     result["seconds"] = round(time.time() - t_start, 1)
-    result["paths"] = custom_ops.report()
+    result["paths"] = {op: " | ".join(sorted(CUDA_PATHS.get(op, {"unused"}))) for op in custom_ops.OPS}
     md = markdown(result)
     print("\n" + md)
     for r in failures:
@@ -349,7 +404,8 @@ def main():
         with open(base + ".json", "w") as fh:
             json.dump(result, fh, indent=1, default=str)
         print(f"wrote {base}.md and {base}.json")
-    print(f"{'PASS' if result['ok'] else 'FAIL'} in {result['seconds']} s (paths: {result['paths']})")
+    print(f"{'PASS' if result['ok'] else 'FAIL'} in {result['seconds']} s (paths of the impl='cuda' calls: "
+          f"{result['paths']})")
     return 0 if result["ok"] else 1
 
 

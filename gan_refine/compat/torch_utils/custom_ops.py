@@ -45,7 +45,8 @@ def report():
 
 
 def forced_ref():
-    return os.environ.get("GAN_REFINE_OPS", "").strip().lower() == "ref"
+    v = os.environ.get("GAN_REFINE_OPS")  # read per call so that tests and users may toggle it
+    return v is not None and v.strip().lower() == "ref"
 
 
 # ----------------------------------------------------------------------------------------------

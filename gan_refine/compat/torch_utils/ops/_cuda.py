@@ -32,6 +32,10 @@ _DTYPES = (torch.float16, torch.float32, torch.float64)
 _lock = threading.Lock()
 _failed = {}    # plugin -> reason
 _warned = False
+# Hot-path caches, read without a lock: a dict lookup is atomic, and a racing first call at
+# worst loads the same (already cached) module twice.
+_mods = {}      # plugin -> loaded module
+_ready = {}     # op -> True once every plugin it needs is loaded
 
 
 def _headers():
@@ -40,8 +44,12 @@ def _headers():
 
 def plugin(name):
     """Build (or load from cache) and return plugin `name`; raises RuntimeError on failure."""
-    sources = [os.path.join(CSRC, s) for s in PLUGINS[name]]
-    return custom_ops.get_plugin(f"gan_refine_{name}_plugin", sources, headers=_headers())
+    mod = _mods.get(name)
+    if mod is None:
+        sources = [os.path.join(CSRC, s) for s in PLUGINS[name]]
+        mod = custom_ops.get_plugin(f"gan_refine_{name}_plugin", sources, headers=_headers())
+        _mods[name] = mod
+    return mod
 
 
 def build_all():
@@ -65,13 +73,24 @@ def _plugins_ready(op):
                     _warned = True
                     warnings.warn(f"gan_refine: could not build the CUDA plugin '{name}'; falling back to the "
                                   f"slower PyTorch reference ops (torch_utils.custom_ops.report() tells which "
-                                  f"path each op takes). {reason}", RuntimeWarning, stacklevel=3)
+                                  f"path each op takes). {reason}", RuntimeWarning, stacklevel=4)
             return reason
+    _ready[op] = True
     return None
 
 
 def use_cuda(op, impl, x):
     """True when `op` should run its CUDA kernel for tensor `x` with the caller's `impl`."""
+    # Called on every op invocation: the common "yes" costs a few attribute and dict lookups,
+    # no filesystem access and no lock. Everything else goes through _use_cuda_slow.
+    if impl == "cuda" and op in _ready and getattr(x, "is_cuda", False) and x.dtype in _DTYPES \
+            and not custom_ops.forced_ref():
+        custom_ops.record_path(op, "cuda")
+        return True
+    return _use_cuda_slow(op, impl, x)
+
+
+def _use_cuda_slow(op, impl, x):
     if impl != "cuda":
         custom_ops.record_path(op, "ref")
         return False
@@ -106,18 +125,15 @@ def _reduce_dims(t, dim):
 
 def _bias_act_call(mode, x, b, g1, g2, spec):
     dim, act, alpha, gain, clamp = spec
-    e = x.new_empty([0])
-    return plugin("bias_act").bias_act(x, e if b is None else b, e if g1 is None else g1, e if g2 is None else g2,
-                                       dim, mode, act, alpha, gain, clamp)
+    return plugin("bias_act").bias_act(x, b, g1, g2, dim, mode, act, alpha, gain, clamp)
 
 
 class _BiasAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, spec):
         y = _bias_act_call(0, x, b, None, None, spec)
-        dim, act, alpha, gain, clamp = spec
         # Linear without clamp has the constant derivative `gain`: nothing to keep.
-        keep = act != 1 or clamp >= 0
+        keep = spec[1] != 1 or spec[4] >= 0
         ctx.save_for_backward(x if keep else None, b if keep else None)
         ctx.spec = spec
         return y
@@ -125,12 +141,17 @@ class _BiasAct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, b = ctx.saved_tensors
-        dim, act, alpha, gain, clamp = ctx.spec
+        spec = ctx.spec
         dx = db = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dx = dy * gain if x is None else _BiasActGrad.apply(dy, x, b, ctx.spec)
+            if x is None:
+                dx = dy * spec[3]
+            elif torch.is_grad_enabled():  # create_graph=True: keep dx differentiable
+                dx = _BiasActGrad.apply(dy, x, b, spec)
+            else:  # the usual first-order backward skips a second autograd.Function
+                dx = _bias_act_call(1, x, b, dy, None, spec)
         if ctx.needs_input_grad[1]:
-            db = dx.sum(_reduce_dims(dx, dim))
+            db = dx.sum(_reduce_dims(dx, spec[0]))
         return dx, db, None
 
 
@@ -159,10 +180,12 @@ class _BiasActGrad(torch.autograd.Function):
 
 def bias_act(x, b, dim, act, alpha, gain, clamp):
     """CUDA twin of bias_act._bias_act_ref; alpha/gain already resolved, clamp float or None."""
-    if b is not None:
+    if b is not None and (b.dtype != x.dtype or b.device != x.device):
         b = b.to(device=x.device, dtype=x.dtype)
     spec = (int(dim), ACT_INDEX[act], float(alpha), float(gain), -1.0 if clamp is None else float(clamp))
-    return _BiasAct.apply(x, b, spec)
+    if torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)):
+        return _BiasAct.apply(x, b, spec)
+    return _bias_act_call(0, x, b, None, None, spec)  # nothing to differentiate: skip autograd's overhead
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +234,8 @@ class _Upfirdn2d(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             acfg = adjoint_cfg(ctx.cfg, f.shape[-1], f.shape[0], *ctx.sizes)
-            dx = _Upfirdn2d.apply(dy, f, acfg)
+            # Another _Upfirdn2d only when the graph of the gradient is wanted (create_graph).
+            dx = _Upfirdn2d.apply(dy, f, acfg) if torch.is_grad_enabled() else _upfirdn_run(dy, f, acfg)
         return dx, None, None
 
 
@@ -219,6 +243,8 @@ def _as_filter(f, device):
     if f is None:
         return torch.ones([1, 1], dtype=torch.float32, device=device)
     assert f.ndim in (1, 2), "upfirdn2d filters are 1-D (separable) or 2-D"
+    if f.dtype == torch.float32 and f.device == device and f.is_contiguous():
+        return f
     return f.to(device=device, dtype=torch.float32).contiguous()
 
 
@@ -227,20 +253,26 @@ def upfirdn2d(x, f, upx, upy, downx, downy, padx0, padx1, pady0, pady1, flip_fil
     assert x.ndim == 4, "upfirdn2d expects [N, C, H, W]"
     cfg = (int(upx), int(upy), int(downx), int(downy), int(padx0), int(padx1), int(pady0), int(pady1),
            bool(flip_filter), float(gain))
-    return _Upfirdn2d.apply(x, _as_filter(f, x.device), cfg)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Upfirdn2d.apply(x, _as_filter(f, x.device), cfg)
+    return _upfirdn_run(x, _as_filter(f, x.device), cfg)
 
 
 # ----------------------------------------------------------------------------------------------
 # filtered_lrelu
 
+def _filtered_lrelu_run(x, b, fu, fd, spec):
+    """Forward pass without autograd: (output, intermediate z, sign bits, clamp bits)."""
+    up, down, px0, px1, py0, py1, gain, slope, clamp, flip = spec
+    z, sign, clamped = plugin("filtered_lrelu").up_lrelu(
+        x, b, fu, up, px0, px1, py0, py1, flip, float(up * up), gain, slope, clamp)
+    return _upfirdn_run(z, fd, (1, 1, down, down, 0, 0, 0, 0, flip, 1.0)), z, sign, clamped
+
+
 class _FilteredLrelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, fu, fd, spec):
-        up, down, px0, px1, py0, py1, gain, slope, clamp, flip = spec
-        e = x.new_empty([0])
-        z, sign, clamped = plugin("filtered_lrelu").up_lrelu(
-            x, e if b is None else b, fu, up, px0, px1, py0, py1, flip, float(up * up), gain, slope, clamp)
-        y = _upfirdn_run(z, fd, (1, 1, down, down, 0, 0, 0, 0, flip, 1.0))
+        y, z, sign, clamped = _filtered_lrelu_run(x, b, fu, fd, spec)
         # Only the 2-bit mask of z is kept, not z itself: the backward needs nothing else.
         ctx.save_for_backward(fu, fd, sign, clamped)
         ctx.spec = spec
@@ -269,8 +301,11 @@ class _FilteredLrelu(torch.autograd.Function):
 def filtered_lrelu(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter):
     """CUDA twin of filtered_lrelu._filtered_lrelu_ref (first derivative only)."""
     assert x.ndim == 4, "filtered_lrelu expects [N, C, H, W]"
-    if b is not None:
+    if b is not None and (b.dtype != x.dtype or b.device != x.device):
         b = b.to(device=x.device, dtype=x.dtype)
     spec = (int(up), int(down), int(px0), int(px1), int(py0), int(py1), float(gain), float(slope),
             -1.0 if clamp is None else float(clamp), bool(flip_filter))
-    return _FilteredLrelu.apply(x, b, _as_filter(fu, x.device), _as_filter(fd, x.device), spec)
+    fu, fd = _as_filter(fu, x.device), _as_filter(fd, x.device)
+    if torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad)):
+        return _FilteredLrelu.apply(x, b, fu, fd, spec)
+    return _filtered_lrelu_run(x, b, fu, fd, spec)[0]

@@ -13,25 +13,34 @@ static at::Tensor like_x(const at::Tensor& t, const at::Tensor& x) {
 }
 
 // mode 0: forward; 1: dx = g1 * f' * gain; 2: g1 * g2 * f'' * gain (see bias_act_math.h).
-at::Tensor bias_act(at::Tensor x, at::Tensor b, at::Tensor g1, at::Tensor g2, int64_t dim, int64_t mode,
-                       int64_t act, double alpha, double gain, double clamp) {
+// b, g1, g2 are optional (None) so that the Python side allocates nothing per call.
+at::Tensor bias_act(at::Tensor x, std::optional<at::Tensor> b_opt, std::optional<at::Tensor> g1_opt,
+                    std::optional<at::Tensor> g2_opt, int64_t dim, int64_t mode, int64_t act, double alpha,
+                    double gain, double clamp) {
     TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
     TORCH_CHECK(dim >= 0 && dim < std::max<int64_t>(x.dim(), 1), "bias_act: dim out of range");
     TORCH_CHECK(mode >= 0 && mode <= 2, "bias_act: bad mode");
+    TORCH_CHECK(mode == 0 || g1_opt.has_value(), "bias_act: modes 1 and 2 need g1");
+    TORCH_CHECK(mode != 2 || g2_opt.has_value(), "bias_act: mode 2 needs g2");
     const c10::cuda::OptionalCUDAGuard guard(x.device());
     if (!x.is_non_overlapping_and_dense()) x = x.contiguous();
     BiasActParams p = {};
     p.dtype = gr::dtype_code(x);
-    if (b.numel() > 0) {
+    at::Tensor b, g1, g2;  // keep converted copies alive until the launch
+    p.bias_len = 1;
+    p.bias_stride = 1;
+    if (b_opt.has_value() && b_opt->numel() > 0) {
+        b = *b_opt;
         TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(dim), "bias_act: b must be 1-D of length x.shape[dim]");
         TORCH_CHECK(b.device() == x.device(), "bias_act: b on a different device");
         b = b.to(x.scalar_type()).contiguous();
         p.b = b.data_ptr();
         p.bias_len = (int)b.size(0);
-        p.bias_stride = x.stride(dim);
+        // A size-1 dimension may have any stride, even 0; every element then uses b[0].
+        p.bias_stride = std::max<int64_t>(x.stride(dim), 1);
     }
-    if (mode >= 1) { g1 = like_x(g1, x); p.g1 = g1.data_ptr(); }
-    if (mode == 2) { g2 = like_x(g2, x); p.g2 = g2.data_ptr(); }
+    if (mode >= 1) { g1 = like_x(*g1_opt, x); p.g1 = g1.data_ptr(); }
+    if (mode == 2) { g2 = like_x(*g2_opt, x); p.g2 = g2.data_ptr(); }
     at::Tensor y = at::empty_like(x);
     TORCH_CHECK(y.strides() == x.strides(), "bias_act: could not allocate output with the input's layout");
     p.x = x.data_ptr();

@@ -73,4 +73,39 @@ GR_HD A bias_act_elem(int mode, int act, A v, A g1, A g2, A alpha, A gain, A cla
     return g1 * g2 * d2 * gain;
 }
 
+// VEC consecutive elements (in memory order) starting at flat index i0: the vectorised kernel's
+// unit of work. The bias index (i / bias_stride) % bias_len costs one 32-bit division per pack
+// and is then stepped element by element, which also covers packs that straddle a channel
+// boundary (channels_last, or a bias stride that VEC does not divide). ACT and MODE fold the
+// activation / mode switches at compile time when nonzero / non-negative.
+template <typename T, int VEC, int ACT, int MODE>
+GR_HD void bias_act_pack(const T* xv, const T* g1v, const T* g2v, T* yv, const T* b, uint32_t i0,
+                         uint32_t bias_stride, uint32_t bias_len, int act, int mode, typename Acc<T>::type alpha,
+                         typename Acc<T>::type gain, typename Acc<T>::type clamp) {
+    typedef typename Acc<T>::type A;
+    const int a = ACT > 0 ? ACT : act;
+    const int m = MODE >= 0 ? MODE : mode;
+    uint32_t r = 0, c = 0;
+    A bv = (A)0;
+    if (b) {
+        const uint32_t q = i0 / bias_stride;
+        r = i0 - q * bias_stride;
+        c = q % bias_len;
+        bv = to_acc(b[c]);
+    }
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+    for (int k = 0; k < VEC; k++) {
+        const A a1 = m >= 1 ? to_acc(g1v[k]) : (A)0;
+        const A a2 = m == 2 ? to_acc(g2v[k]) : (A)0;
+        yv[k] = from_acc<T>(bias_act_elem<A>(m, a, to_acc(xv[k]) + bv, a1, a2, alpha, gain, clamp));
+        if (b && ++r == bias_stride) {
+            r = 0;
+            if (++c == bias_len) c = 0;
+            bv = to_acc(b[c]);
+        }
+    }
+}
+
 }  // namespace gr

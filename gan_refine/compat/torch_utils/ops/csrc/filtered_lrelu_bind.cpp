@@ -8,14 +8,16 @@ static at::Tensor mask_words(int64_t elements, const at::Tensor& like) {
 
 // z = clamp(lrelu(upfirdn2d(x + b, f, up, pad, gain), slope) * act_gain); returns z and its
 // sign and clamp bit planes (one bit per element of z, in z's contiguous order).
-std::vector<at::Tensor> up_lrelu(at::Tensor x, at::Tensor b, at::Tensor f, int64_t up, int64_t padx0,
+std::vector<at::Tensor> up_lrelu(at::Tensor x, std::optional<at::Tensor> bias, at::Tensor f, int64_t up, int64_t padx0,
                                     int64_t padx1, int64_t pady0, int64_t pady1, bool flip, double gain,
                                     double act_gain, double slope, double clamp) {
     const c10::cuda::OptionalCUDAGuard guard(x.device());
     int out_h = 0, out_w = 0;
     UpfirdnParams p = gr::make_upfirdn_params(x, f, (int)up, (int)up, 1, 1, (int)padx0, (int)padx1, (int)pady0,
                                               (int)pady1, flip, gain, out_h, out_w);
-    if (b.numel() > 0) {
+    at::Tensor b;
+    if (bias.has_value() && bias->numel() > 0) {
+        b = *bias;
         TORCH_CHECK(b.dim() == 1 && b.size(0) == x.size(1) && b.device() == x.device(),
                     "filtered_lrelu: b must be 1-D of length x.shape[1] on x's device");
         b = b.to(x.scalar_type()).contiguous();

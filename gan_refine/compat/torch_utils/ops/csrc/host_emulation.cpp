@@ -38,15 +38,79 @@ static void run_upfirdn(const UpfirdnParams& p) {
     }
 }
 
+// The tiled kernel's algorithm (upfirdn_tile_kernel): blocks in the same flat order, a zero-
+// filled input buffer per tile, then the gather on the buffer through tile_params.
+template <int UPX, int UPY, int DOWNX, int DOWNY, int FW, int FH, int TW, int TH>
+static void run_upfirdn_tiled(const UpfirdnParams& p) {
+    constexpr int IW = tile_in_len(TW, UPX, DOWNX, FW), IH = tile_in_len(TH, UPY, DOWNY, FH);
+    static double buf[IH * IW];
+    const int tiles_x = (p.out_w + TW - 1) / TW, tiles_y = (p.out_h + TH - 1) / TH;
+    const int64_t blocks = (int64_t)tiles_x * tiles_y * p.n * p.c;
+    for (int64_t blk0 = 0; blk0 < blocks; blk0++) {
+        unsigned blk = (unsigned)blk0;
+        const int tx = (int)(blk % (unsigned)tiles_x); blk /= (unsigned)tiles_x;
+        const int ty = (int)(blk % (unsigned)tiles_y);
+        const int plane = (int)(blk / (unsigned)tiles_y);
+        const int ni = plane / p.c, ci = plane - ni * p.c;
+        const int ox0 = tx * TW, oy0 = ty * TH;
+        const int iy0 = tile_in0(oy0, UPY, DOWNY, p.pady0), ix0 = tile_in0(ox0, UPX, DOWNX, p.padx0);
+        const double* xp = (const double*)p.x + ni * p.sx_n + ci * p.sx_c;
+        for (int k = 0; k < IH * IW; k++) {
+            const int r = k / IW, c = k - r * IW;
+            const int iy = iy0 + r, ix = ix0 + c;
+            buf[k] = (iy >= 0 && iy < p.in_h && ix >= 0 && ix < p.in_w) ? xp[iy * p.sx_h + ix * p.sx_w] : 0.0;
+        }
+        const UpfirdnParams q = tile_params(p, UPX, UPY, DOWNX, DOWNY, iy0, ix0, IH, IW, oy0, ox0, p.f);
+        double* y = (double*)p.y + (int64_t)plane * p.out_h * p.out_w;
+        for (int k = 0; k < TH * TW; k++) {
+            const int ly = k / TW, lx = k - ly * TW;
+            const int oy = oy0 + ly, ox = ox0 + lx;
+            if (oy < p.out_h && ox < p.out_w)
+                y[oy * p.out_w + ox] = upfirdn_gather<double, UPX, UPY, DOWNX, DOWNY, FW, FH, 0>(q, buf, 0.0, ly, lx) *
+                                       (double)p.gain;
+        }
+    }
+}
+
+template <int UPX, int UPY, int DOWNX, int DOWNY, int FW, int FH>
+static void run_tiled_sizes(const UpfirdnParams& p, int tile) {
+    // The launcher's three tile shapes, plus a tiny one that puts many tile edges in a small test.
+    if (tile == 0) run_upfirdn_tiled<UPX, UPY, DOWNX, DOWNY, FW, FH, 3, 2>(p);
+    else if (tile == 8) run_upfirdn_tiled<UPX, UPY, DOWNX, DOWNY, FW, FH, 8, 8>(p);
+    else if (tile == 16) run_upfirdn_tiled<UPX, UPY, DOWNX, DOWNY, FW, FH, 16, 16>(p);
+    else run_upfirdn_tiled<UPX, UPY, DOWNX, DOWNY, FW, FH, 32, 16>(p);
+}
+
 static bool is(const UpfirdnParams& p, int upx, int upy, int downx, int downy, int fw, int fh, int sep) {
     return p.upx == upx && p.upy == upy && p.downx == downx && p.downy == downy && p.fw == fw && p.fh == fh &&
            p.sep == sep;
 }
 
+template <int VEC>
+static void bias_act_packs(const double* x, const double* b, const double* g1, const double* g2, double* y,
+                           int64_t n, int64_t bias_stride, int bias_len, int mode, int act, double alpha, double gain,
+                           double clamp) {
+    // Same order of work as bias_act_vec_kernel: whole packs, then the n % VEC tail one by one.
+    const uint32_t npack = (uint32_t)(n / VEC), bs = (uint32_t)bias_stride, bl = (uint32_t)bias_len;
+    for (uint32_t j = 0; j < npack; j++) {
+        const uint32_t i = j * VEC;
+        bias_act_pack<double, VEC, 0, -1>(x + i, g1 ? g1 + i : nullptr, g2 ? g2 + i : nullptr, y + i, b, i, bs, bl,
+                                          act, mode, alpha, gain, clamp);
+    }
+    for (uint32_t i = npack * VEC; i < (uint32_t)n; i++)
+        bias_act_pack<double, 1, 0, -1>(x + i, g1 ? g1 + i : nullptr, g2 ? g2 + i : nullptr, y + i, b, i, bs, bl, act,
+                                        mode, alpha, gain, clamp);
+}
+
 extern "C" {
 
+// vec = 0: the general kernel's per-element loop; 2, 4 or 8: the vectorised kernel's packs.
 int gr_emu_bias_act(const double* x, const double* b, const double* g1, const double* g2, double* y, int64_t n,
-                    int64_t bias_stride, int bias_len, int mode, int act, double alpha, double gain, double clamp) {
+                    int64_t bias_stride, int bias_len, int mode, int act, double alpha, double gain, double clamp,
+                    int vec) {
+    if (vec == 2) { bias_act_packs<2>(x, b, g1, g2, y, n, bias_stride, bias_len, mode, act, alpha, gain, clamp); return 0; }
+    if (vec == 4) { bias_act_packs<4>(x, b, g1, g2, y, n, bias_stride, bias_len, mode, act, alpha, gain, clamp); return 0; }
+    if (vec == 8) { bias_act_packs<8>(x, b, g1, g2, y, n, bias_stride, bias_len, mode, act, alpha, gain, clamp); return 0; }
     for (int64_t i = 0; i < n; i++) {
         double v = x[i];
         if (b) v += b[(i / bias_stride) % bias_len];
@@ -55,7 +119,8 @@ int gr_emu_bias_act(const double* x, const double* b, const double* g1, const do
     return 0;
 }
 
-// iv: n, c, in_h, in_w, out_h, out_w, upx, upy, downx, downy, padx0, pady0, fw, fh, sep, flip, epi, specialise
+// iv: n, c, in_h, in_w, out_h, out_w, upx, upy, downx, downy, padx0, pady0, fw, fh, sep, flip, epi, specialise,
+//     tile
 // fv: gain, act_gain, slope, clamp
 int gr_emu_upfirdn(const double* x, double* y, const float* f, const double* b, uint32_t* mask_sign,
                    uint32_t* mask_clamp, const int64_t* strides, const int* iv, const float* fv) {
@@ -68,7 +133,21 @@ int gr_emu_upfirdn(const double* x, double* y, const float* f, const double* b, 
     p.fx = p.sep ? f : nullptr;
     p.gain = fv[0]; p.act_gain = fv[1]; p.slope = fv[2]; p.clamp = fv[3];
     // Same specialisations as the launchers, so their compile-time paths are exercised too.
+    // iv[17] = 2: the tiled kernel (plain filtering, 2-D filter) with tile size iv[18].
     const bool spec = iv[17] != 0;
+    if (iv[17] == 2) {
+        const int t = iv[18];
+        if (p.epi != EPI_NONE || p.b || p.sep) return -1;
+        if (is(p, 1, 1, 1, 1, 4, 4, 0)) run_tiled_sizes<1, 1, 1, 1, 4, 4>(p, t);
+        else if (is(p, 2, 2, 1, 1, 4, 4, 0)) run_tiled_sizes<2, 2, 1, 1, 4, 4>(p, t);
+        else if (is(p, 1, 1, 2, 2, 4, 4, 0)) run_tiled_sizes<1, 1, 2, 2, 4, 4>(p, t);
+        else if (is(p, 1, 1, 2, 1, 12, 1, 0)) run_tiled_sizes<1, 1, 2, 1, 12, 1>(p, t);
+        else if (is(p, 1, 1, 1, 2, 1, 12, 0)) run_tiled_sizes<1, 1, 1, 2, 1, 12>(p, t);
+        else if (is(p, 2, 1, 1, 1, 12, 1, 0)) run_tiled_sizes<2, 1, 1, 1, 12, 1>(p, t);
+        else if (is(p, 1, 2, 1, 1, 1, 12, 0)) run_tiled_sizes<1, 2, 1, 1, 1, 12>(p, t);
+        else return -1;
+        return 0;
+    }
     if (spec && is(p, 1, 1, 1, 1, 4, 4, 0)) run_upfirdn<1, 1, 1, 1, 4, 4, 0>(p);
     else if (spec && is(p, 2, 2, 1, 1, 4, 4, 0)) run_upfirdn<2, 2, 1, 1, 4, 4, 0>(p);
     else if (spec && is(p, 1, 1, 2, 2, 4, 4, 0)) run_upfirdn<1, 1, 2, 2, 4, 4, 0>(p);

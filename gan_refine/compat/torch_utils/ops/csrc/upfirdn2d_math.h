@@ -67,6 +67,39 @@ GR_HD typename Acc<T>::type upfirdn_gather(const UpfirdnParams& p, const T* xp, 
     return acc;
 }
 
+// ---- Shared-memory tiles ----------------------------------------------------------------
+// The tiled kernel computes a block of `tile` consecutive outputs per axis from a buffer holding
+// every input sample they read (zeros outside the image, so padding and cropping need no
+// checks), then runs upfirdn_gather above on that buffer. Only the buffer's origin and the
+// padding change: with in0 = floor((o0*down - pad0) / up), outputs o0 + l read buffer entry
+// (l*down - pad0' + k) / up where pad0' = pad0 - o0*down + up*in0, which keeps r % up
+// unchanged, so the same taps land on real samples as in the untiled gather.
+
+GR_HD int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Buffer length along one axis: pad0' lies in (-up, 0], so the last output's last tap reads
+// entry ((tile - 1)*down + up - 1 + taps - 1) / up at most.
+GR_HD constexpr int tile_in_len(int tile, int up, int down, int taps) {
+    return ((tile - 1) * down + up - 1 + taps - 1) / up + 1;
+}
+
+GR_HD int tile_in0(int o0, int up, int down, int pad0) { return floor_div(o0 * down - pad0, up); }
+
+// Parameters that make upfirdn_gather read an ih x iw row-major buffer whose entry (0, 0) is
+// input sample (iy0, ix0), for outputs counted from (oy0, ox0); `f` is the filter to use.
+GR_HD UpfirdnParams tile_params(const UpfirdnParams& p, int upx, int upy, int downx, int downy, int iy0, int ix0,
+                                int ih, int iw, int oy0, int ox0, const float* f) {
+    UpfirdnParams q = p;
+    q.in_h = ih;
+    q.in_w = iw;
+    q.sx_h = iw;
+    q.sx_w = 1;
+    q.pady0 = p.pady0 - oy0 * downy + upy * iy0;
+    q.padx0 = p.padx0 - ox0 * downx + upx * ix0;
+    q.f = f;
+    return q;
+}
+
 // Applies the epilogue to the gain-scaled value v. For EPI_LRELU, `sign` / `clamped` receive the
 // mask bits; for EPI_MASK_GRAD they are the bits recorded by the forward pass.
 template <typename A>
