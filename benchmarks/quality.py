@@ -109,11 +109,23 @@ def run_pair(kind, args, detector, ref_feat, device, log):
 
     res["refined"], secs = refine_curve("ikl")
     res["refine_seconds_per_seed"] = summarize(secs)
-    if args.ablation == "fake-updates":
-        res["ablation"] = {"name": "fake-score updates per generator update = 5",
-                           "curve": refine_curve("fake5", fake_updates=5)[0]}
-    elif args.ablation == "sid":
-        res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
+    res["_refine_curve"] = refine_curve
+    return res
+
+
+def run_ablation(kind, res, args):
+    refine_curve = res.pop("_refine_curve")
+    if kind in args.ablation_pairs.split(","):
+        seeds, args.seeds = args.seeds, args.ablation_seeds
+        if args.ablation == "fake-updates":
+            res["ablation"] = {"name": "fake-score updates per generator update = 5",
+                               "curve": refine_curve("fake5", fake_updates=5)[0]}
+        elif args.ablation == "sid":
+            res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
+        elif args.ablation == "teacher-train":
+            res["ablation"] = {"name": "teacher and fake score in train mode (shared dropout)",
+                               "curve": refine_curve("train-mode", teacher_mode="train")[0]}
+        args.seeds = seeds
     return res
 
 
@@ -156,20 +168,27 @@ def main():
     ap.add_argument("--num", type=int, default=2000, help="generated images per evaluation")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid"], default="fake-updates")
+    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train"], default="fake-updates")
+    ap.add_argument("--ablation-pairs", default="uncond", help="pairs the ablation runs on")
+    ap.add_argument("--ablation-seeds", type=int, default=2)
+    ap.add_argument("--log", default=None, help="append every figure as a JSON line here as it is measured")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed: a smoke run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
-        args.budgets, args.seeds, args.num, args.ablation = "5,10", 1, 300, "none"
+        args.budgets, args.seeds, args.num, args.ablation = "3,6", 1, 300, "none"
     args.budgets = [int(b) for b in args.budgets.split(",")]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     t_all = time.time()
 
     def log(msg):
-        print(f"{time.time() - t_all:7.1f}s {msg}", flush=True)
+        line = f"{time.time() - t_all:7.1f}s {msg}"
+        print(line, flush=True)
+        if args.log:  # partial results survive a run that is cut short
+            with open(args.log, "a") as f:
+                f.write(line + "\n")
 
     detector = get_detector("digits", device=device)
     x_train, _, x_test, _ = load_digits_split(16)
@@ -179,6 +198,8 @@ def main():
     log(f"floor: FID {floor[0]:.3f}")
     for kind in args.pairs.split(","):
         results[kind] = run_pair(kind, args, detector, ref_feat, device, log)
+    for kind in args.pairs.split(","):
+        run_ablation(kind, results[kind], args)
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),

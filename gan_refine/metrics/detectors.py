@@ -184,8 +184,20 @@ def unregister_detector(name):
             del _LOADED[key]
 
 
+# Built-in detectors whose module registers them on first use (keeps `import` cheap and the
+# zoo out of the import graph until asked for): name -> (module, registration function).
+_LAZY_BUILTINS = {"digits": ("gan_refine.zoo.digits_classifier", "register_digits_detector")}
+
+
+def _register_lazy(name):
+    spec = _LAZY_BUILTINS.get(name)
+    if spec is not None and name not in _REGISTRY:
+        import importlib
+        getattr(importlib.import_module(spec[0]), spec[1])()
+
+
 def detector_names():
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_LAZY_BUILTINS))
 
 
 def register_detector_url(name, url, sha256=None, overwrite=False, **kw):
@@ -244,6 +256,8 @@ def get_detector(name_or_path, device=None, sha256=None):
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
+    _register_lazy(spec)
+    with _LOCK:
         factory = _REGISTRY.get(spec)
     if factory is not None:
         det = _as_detector(factory(device), spec, device)
