@@ -1,6 +1,8 @@
 """pretrained_urls.json schema and the name look-ups built on it."""
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from gan_refine.adapters import EDM_PRECOND_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "pretrained_urls.json"
-FAMILIES = {"stylegan2-ada", "stylegan3", "edm", "inception"}
+FAMILIES = {"stylegan2-ada", "stylegan3", "edm", "inception", "digits-cnn"}
 
 
 def _raw_model_names():
@@ -45,7 +47,13 @@ def test_schema_of_every_entry():
         assert re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", name), name
         for field in pretrained.REQUIRED_FIELDS:
             assert field in e, (name, field)
-        assert e["url"].startswith("https://") and " " not in e["url"], name
+        shipped = e["url"].startswith(pretrained.PACKAGE_PREFIX)
+        assert (e["url"].startswith("https://") or shipped) and " " not in e["url"], name
+        if shipped:
+            # A model file inside the package: it must exist and match its recorded checksum.
+            path = pretrained.package_path(e["url"])
+            assert os.path.isfile(path), name
+            assert hashlib.sha256(open(path, "rb").read()).hexdigest() == e["sha256"], name
         for alt in e.get("alt_urls", []):
             assert alt.startswith("https://"), name
         assert e["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), name
@@ -58,10 +66,11 @@ def test_schema_of_every_entry():
         assert isinstance(e["notes"], str) and len(e["notes"]) > 10, name
         if e["role"] == "teacher":
             assert e["family"] == "edm" and e["precond"] in EDM_PRECOND_CLASSES, name
+        if e["role"] == "teacher" and not shipped:
             # EDM file names spell out the resolution and the conditioning.
             r = e["resolution"]
             assert f"-{r}x{r}-" in name and ("-cond-" in name) == e["conditional"], name
-        if e["family"] in ("edm", "stylegan3") and e["role"] in ("teacher", "generator"):
+        if e["family"] in ("edm", "stylegan3") and e["role"] in ("teacher", "generator") and not shipped:
             assert e["url"].endswith("/" + name + ".pkl"), name
 
 
