@@ -5,9 +5,18 @@ Importing this package makes `dnnlib` and `torch_utils` importable under their u
 always wins. Loading a network pickle runs code stored inside it: only load files you trust.
 """
 
+import os as _os
+
 from . import compat as _compat
 
 _compat.install()
+
+# Installed, `adapters/` becomes gan_refine/adapters (package-dir mapping). Run from a source
+# checkout on PYTHONPATH, let `gan_refine.adapters` find the top-level folder instead.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "adapters")) and _os.path.isfile(
+        _os.path.join(_os.path.dirname(_here), "adapters", "__init__.py")):
+    __path__.append(_os.path.dirname(_here))
 
 __version__ = "0.1.0"
 

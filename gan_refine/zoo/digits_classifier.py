@@ -90,7 +90,9 @@ class DigitsDetector(torch.nn.Module):
             x = images.to(torch.float32)
         res = self.img_resolution
         if x.shape[2] != res or x.shape[3] != res:
-            x = F.interpolate(x, size=[res, res], mode="bilinear", align_corners=False, antialias=True)
+            # The aten op itself, not F.interpolate: scripting F.interpolate compiles every mode it
+            # supports, and newer torch versions add modes older ones cannot load.
+            x = torch._C._nn._upsample_bilinear2d_aa(x, [res, res], False, None)
         if return_features:
             return (self.net.features(x) - self.feature_mean) / self.feature_std
         return self.net(x)
