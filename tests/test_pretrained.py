@@ -165,3 +165,14 @@ def test_malformed_table_is_reported():
         pretrained._validate({"models": {"x": {"url": "https://a"}}})
     with pytest.raises(ValueError, match="top-level 'models'"):
         pretrained._validate({"x": 1})
+
+
+def test_shipped_digits_models_resolve_and_pick():
+    path = pretrained.resolve("digits")
+    assert os.path.isfile(path) and path.endswith("digits-gan.pkl")
+    assert pretrained.expected_sha256(path) == pretrained.lookup("digits")["sha256"]
+    assert pretrained.find_teacher("digits", 16, 1, 10) == "digits-edm-cond"
+    assert pretrained.find_teacher("digits", 16, 1, 0) == "digits-edm"
+    assert "digits" in pretrained.teacher_selectors() and "edm" in pretrained.teacher_selectors()
+    with pytest.raises(pretrained.NoMatchingTeacherError):
+        pretrained.find_teacher("digits", 32, 3, 0)
