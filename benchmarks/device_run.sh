@@ -2,8 +2,8 @@
 # The one device call for the CUDA ops: build, check against the reference, time, then the
 # GPU tests of tests/test_cuda_ops.py and whole-generator timings. Results land in $OUT.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TORCH_EXTENSIONS_DIR=/tmp/gr_ext MAX_JOBS=16
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TORCH_EXTENSIONS_DIR="$(mktemp -d)" MAX_JOBS=16
+OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/device.txt"
 python3 benchmarks/gpu_check.py --out "$OUT/gpu_check" 2>&1 | tee "$OUT/gpu_check.log"; rc1=${PIPESTATUS[0]}
