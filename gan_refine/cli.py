@@ -160,17 +160,14 @@ def resolve_run_config(opts, explicit=()):
 
 
 def _resolve_source(src, what):
-    """Name -> URL, paths and URLs unchanged; one-line error for unknown names and missing files."""
-    from . import pretrained
+    """Name -> URL or path, checked; one-line error for unknown names, missing files, folders."""
+    from .pickles import resolve_source
     try:
-        target = pretrained.resolve(src)
-    except ValueError as err:
+        return resolve_source(src)
+    except FileNotFoundError:
+        _fail(f"--{what}: no such file: {os.fspath(src)} (give a path, a URL or a name from pretrained_urls.json)")
+    except (OSError, ValueError) as err:
         _fail(f"--{what}: {err}")
-    if "://" not in target and not os.path.exists(target):
-        _fail(f"--{what}: no such file: {target} (give a path, a URL or a name from pretrained_urls.json)")
-    if "://" not in target and os.path.isdir(target):
-        _fail(f"--{what}: {target} is a folder; give the path of a network pickle")
-    return target
 
 
 def _load(target, what):

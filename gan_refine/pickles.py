@@ -22,7 +22,7 @@ from .snapshot import atomic_write_bytes
 
 _compat.install()
 
-__all__ = ["load_network_pkl", "save_network_pkl", "stream_globals", "describe",
+__all__ = ["load_network_pkl", "save_network_pkl", "resolve_source", "stream_globals", "describe",
            "NetworkPickleError", "pickle_layout"]
 
 # Module prefixes an exported stream may reference: what upstream loaders can import.
@@ -72,32 +72,30 @@ class _NetworkUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _open_source(src, verbose):
-    """Resolve a path, URL or pretrained name to an open binary file and a display name."""
-    from .compat.dnnlib import util as dl  # our downloader, whoever provides `dnnlib`
-    expected_sha256 = None
+def resolve_source(src):
+    """Path, URL or pretrained name -> the path or URL to open; paths are checked.
+
+    Raises UnknownModelError (a ValueError) for an unknown name, FileNotFoundError for a
+    missing file and NetworkPickleError for a folder, each with a one-line message.
+    """
+    from . import pretrained
     target = os.fspath(src)
-    try:
-        from . import pretrained
-    except ImportError:  # pragma: no cover -- table module missing in a partial install
-        pretrained = None
-    if pretrained is not None and not os.path.exists(target) and "://" not in target:
+    if "://" not in target and not os.path.exists(target):
         target = pretrained.resolve(target)
-    if pretrained is not None and hasattr(pretrained, "expected_sha256"):
-        try:
-            expected_sha256 = pretrained.expected_sha256(target)
-        except Exception:
-            expected_sha256 = None
     if "://" not in target and not os.path.exists(target):
         raise FileNotFoundError(f"no such network pickle: {target} (give a path, a URL or a name "
                                 "from pretrained_urls.json)")
     if "://" not in target and os.path.isdir(target):
         raise NetworkPickleError(f"{target} is a folder; give the path of a network .pkl file")
-    try:
-        f = dl.open_url(target, verbose=verbose, sha256=expected_sha256)
-    except dl.DownloadError:
-        raise
-    return f, target
+    return target
+
+
+def _open_source(src, verbose):
+    """Resolve a path, URL or pretrained name to an open binary file and a display name."""
+    from . import pretrained
+    from .compat.dnnlib import util as dl  # our downloader, whoever provides `dnnlib`
+    target = resolve_source(src)
+    return dl.open_url(target, verbose=verbose, sha256=pretrained.expected_sha256(target)), target
 
 
 def load_network_pkl(src, *, verbose=False):
