@@ -38,10 +38,7 @@ def checkout(tmp_path, monkeypatch):
     (tmp_path / "legacy.py").write_text(LEGACY)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "legacy", raising=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield tmp_path
-    torch.set_num_threads(n)
 
 
 def _load_example():

@@ -22,14 +22,6 @@ from gan_refine.snapshot import load_state
 FAST = ["--batch", "4", "--grid", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pkls(tmp_path_factory):
     d = tmp_path_factory.mktemp("pkls")

@@ -3,7 +3,6 @@
 import hashlib
 import http.server
 import os
-import threading
 
 import pytest
 
@@ -41,13 +40,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def server(serve_http):
+    return serve_http(_Handler)
 
 
 def test_download_cached_once_and_checked(server, tmp_path):

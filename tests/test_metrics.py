@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import sys
-import threading
 import warnings
 
 import numpy as np
@@ -265,13 +264,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def server(serve_http):
+    return serve_http(_Handler)
 
 
 @pytest.fixture

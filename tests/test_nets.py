@@ -17,14 +17,6 @@ from gan_refine.nets import augment, edm, stylegan2, stylegan3
 NETS_DIR = pathlib.Path(nets.__file__).parent
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    # Tiny convolutions on a shared 2-core box are many times faster without intra-op threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope='module')
 def g2():

@@ -22,15 +22,6 @@ MEANS = [[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]]
 STD = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: threads only add overhead and jitter on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class GMMDenoiser(nn.Module):
     """Exact D(x; sigma) = E[x0 | x] for x0 ~ sum_k w_k N(mu_k, s_k^2 I), x = x0 + sigma n."""
 

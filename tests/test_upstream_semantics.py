@@ -15,7 +15,6 @@ import os
 import pickle
 import sys
 import textwrap
-import threading
 import warnings
 
 import numpy as np
@@ -547,13 +546,8 @@ class _Server(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def server(serve_http):
+    return serve_http(_Server)
 
 
 def test_open_url_shares_upstreams_cache_layout(server, tmp_path):
