@@ -12,7 +12,6 @@ paths give the same images (relative error) so a fast wrong kernel cannot pass u
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
@@ -20,21 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
 from gan_refine import nets  # noqa: E402
-
-
-def _time(fn, repeats):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from gpu_check import timed  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 
 def bench(name, G, batch, repeats):
@@ -58,7 +43,7 @@ def bench(name, G, batch, repeats):
     for path in ("cuda", "ref"):
         os.environ["GAN_REFINE_OPS"] = "ref" if path == "ref" else ""
         outs[path] = fwd().float()
-        rows[path] = {"fwd_ms": _time(fwd, repeats), "fwd_bwd_ms": _time(fwd_bwd, repeats)}
+        rows[path] = {"fwd_ms": timed(fwd, dev, 3, repeats), "fwd_bwd_ms": timed(fwd_bwd, dev, 3, repeats)}
     os.environ["GAN_REFINE_OPS"] = ""
     rel = ((outs["cuda"] - outs["ref"]).norm() / outs["ref"].norm()).item()
     from torch_utils import custom_ops

@@ -34,22 +34,16 @@ PAIRS = {"uncond": ("digits", "digits-edm"), "cond": ("digits-cond", "digits-edm
 
 
 def features(detector, images, batch=500):
-    out = []
-    for i in range(0, len(images), batch):
-        out.append(detector(quantize(images[i:i + batch]).to(detector_device(detector))).double().cpu())
-    return torch.cat(out).numpy()
-
-
-def detector_device(detector):
-    return getattr(detector, "device", torch.device("cpu"))
+    # The detector moves its input to its own device.
+    return torch.cat([detector(quantize(images[i:i + batch])).double().cpu()
+                      for i in range(0, len(images), batch)]).numpy()
 
 
 def fid_kid(feat, ref_feat):
     mu1, s1 = feat.mean(0), np.cov(feat, rowvar=False)
     mu2, s2 = ref_feat.mean(0), np.cov(ref_feat, rowvar=False)
     fid = float(frechet_distance(mu1, s1, mu2, s2))
-    kid = kernel_inception_distance(feat, ref_feat, num_subsets=50, max_subset_size=500, seed=0)
-    kid = float(kid[0] if isinstance(kid, (tuple, list)) else kid)
+    kid, _ = kernel_inception_distance(feat, ref_feat, num_subsets=50, max_subset_size=500, seed=0)
     return fid, kid
 
 
