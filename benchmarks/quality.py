@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
-from gan_refine.metrics.compute import quantize  # noqa: E402
+from gan_refine.metrics.compute import GeneratorSource, compute_feature_stats, quantize  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
 
@@ -37,6 +37,13 @@ def features(detector, images, batch=500):
     # The detector moves its input to its own device.
     return torch.cat([detector(quantize(images[i:i + batch])).double().cpu()
                       for i in range(0, len(images), batch)]).numpy()
+
+
+def generator_features(detector, G, num):
+    """Features of G's images at seeds 0..num-1: the protocol of `gan-refine --metrics` and
+    `gan-refine-metrics` (numpy latents per seed, uint8 quantisation), so figures agree."""
+    src = GeneratorSource(G, num=num, seed=0)
+    return compute_feature_stats(src, detector, batch_size=250, capture_all=True).get_all()
 
 
 def fid_kid(feat, ref_feat):
@@ -67,6 +74,9 @@ def summarize(values):
             "values": values}
 
 
+METHOD = {}   # the refinement settings of this run (filled from the command line)
+
+
 def run_pair(kind, args, detector, ref_feat, device, log):
     gen_name, teacher_name = PAIRS[kind]
     gen_data = gan_refine.load_network_pkl(gen_name)
@@ -74,7 +84,8 @@ def run_pair(kind, args, detector, ref_feat, device, log):
     res = {"generator": gen_name, "teacher": teacher_name}
 
     start = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=0)
-    res["start"] = dict(zip(("fid", "kid"), fid_kid(features(detector, start.sample(args.num, seed=1)), ref_feat)))
+    res["start"] = dict(zip(("fid", "kid"), fid_kid(generator_features(detector, start.refined_generator(), args.num),
+                                                    ref_feat)))
     log(f"[{kind}] start: FID {res['start']['fid']:.3f}")
 
     t0 = time.time()
@@ -87,14 +98,16 @@ def run_pair(kind, args, detector, ref_feat, device, log):
         curve = {b: {"fid": [], "kid": []} for b in args.budgets}
         secs = []
         for seed in range(args.seeds):
-            r = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=seed,
-                        lr_gen=args.lr, lr_fake=args.lr, **overrides)
+            opts = dict(METHOD, **overrides)
+            r = Refiner(gen_data, teacher_data, device=device, seed=seed, **opts)
             t = time.time()
             done = 0
             for b in args.budgets:
                 r.run(steps=b - done)
                 done = b
-                fid, kid = fid_kid(features(detector, r.sample(args.num, seed=1)), ref_feat)
+                t_eval = time.time()
+                fid, kid = fid_kid(generator_features(detector, r.refined_generator(), args.num), ref_feat)
+                t -= time.time() - t_eval   # wall time counts refinement only
                 curve[b]["fid"].append(fid)
                 curve[b]["kid"].append(kid)
                 log(f"[{kind}] {label} seed {seed} step {b}: FID {fid:.3f}")
@@ -116,6 +129,8 @@ def run_ablation(kind, res, args):
                                "curve": refine_curve("fake5", fake_updates=5)[0]}
         elif args.ablation == "sid":
             res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
+        elif args.ablation == "no-warmup":
+            res["ablation"] = {"name": "no fake-score warm-up", "curve": refine_curve("no-warmup", fake_warmup=0)[0]}
         elif args.ablation == "teacher-train":
             res["ablation"] = {"name": "teacher and fake score in train mode (shared dropout)",
                                "curve": refine_curve("train-mode", teacher_mode="train")[0]}
@@ -126,8 +141,8 @@ def run_ablation(kind, res, args):
 def markdown(results, meta):
     lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; "
              f"{meta['num']} generated images vs {meta['num_ref']} training images, digits detector "
-             f"({meta['feature_dim']}-d features); refinement: batch {meta['batch']}, lr {meta['lr']}, "
-             f"{meta['seeds']} seeds (mean ± std).", "",
+             f"({meta['feature_dim']}-d features); refinement settings {meta['method']}, "
+             f"{meta['seeds']} seeds (mean ± std).", "", f"Command: `{meta['command']}`", "",
              f"Floor (held-out test vs train, {meta['num_test']} images): FID {results['floor']['fid']:.3f}, "
              f"KID {results['floor']['kid']:.5f}", ""]
     for kind in ("uncond", "cond"):
@@ -161,8 +176,13 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--num", type=int, default=2000, help="generated images per evaluation")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train"], default="fake-updates")
+    ap.add_argument("--lr-gen", type=float, default=1e-3)
+    ap.add_argument("--lr-fake", type=float, default=1e-3)
+    ap.add_argument("--fake-warmup", type=int, default=300)
+    ap.add_argument("--p-mean", type=float, default=0.0, help="log-normal noise-level law: mean of ln(sigma)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train", "no-warmup"],
+                    default="no-warmup")
     ap.add_argument("--ablation-pairs", default="uncond", help="pairs the ablation runs on")
     ap.add_argument("--ablation-seeds", type=int, default=2)
     ap.add_argument("--log", default=None, help="append every figure as a JSON line here as it is measured")
@@ -172,7 +192,12 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.budgets, args.seeds, args.num, args.ablation = "3,6", 1, 300, "none"
+        args.fake_warmup = min(args.fake_warmup, 5)
     args.budgets = [int(b) for b in args.budgets.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    METHOD.update(batch=args.batch, lr_gen=args.lr_gen, lr_fake=args.lr_fake,
+                  fake_warmup=args.fake_warmup, P_mean=args.p_mean)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     t_all = time.time()
@@ -197,8 +222,8 @@ def main():
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "batch": args.batch,
-            "lr": args.lr, "seeds": args.seeds, "feature_dim": int(ref_feat.shape[1]),
+            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "method": dict(METHOD),
+            "seeds": args.seeds, "feature_dim": int(ref_feat.shape[1]), "command": " ".join(sys.argv),
             "total_seconds": time.time() - t_all}
     md = markdown(results, meta)
     print(md)

@@ -30,7 +30,7 @@ _RUN = RunConfig()
 # CLI option name -> RefineConfig field, for the method settings.
 _METHOD_OPTIONS = {
     "batch": "batch", "lr_gen": "lr_gen", "lr_fake": "lr_fake", "adam_eps": "adam_eps",
-    "fake_updates": "fake_updates", "loss": "loss", "normalize": "normalize",
+    "fake_updates": "fake_updates", "fake_warmup": "fake_warmup", "loss": "loss", "normalize": "normalize",
     "sid_alpha": "sid_alpha", "sigma_law": "sigma_law", "p_mean": "P_mean", "p_std": "P_std",
     "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho", "t_max": "t_max",
     "teacher_mode": "teacher_mode", "ema_kimg": "ema_kimg", "ema_rampup": "ema_rampup",
@@ -61,6 +61,15 @@ def _fail(msg):
 @click.option("--grid", type=click.IntRange(min=0), default=_RUN.grid, help="Sample grid side (grid x grid images); 0 = no grids.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue from a refine-state.pt (or the run folder holding it); unset options come from it.")
+@click.option("--metrics", type=str, default="none",
+              help="Evaluate G_ema before refining and at every snapshot: comma-separated fid, kid, pr; or none.")
+@click.option("--metrics-ref", type=str, default=_RUN.metrics_ref,
+              help="Reference for --metrics: statistics .npz (mu/sigma), image folder or array, URL, or a "
+                   "'fid-ref' name; auto = the table's statistics for the generator's data set.")
+@click.option("--metrics-num", type=click.IntRange(min=2), default=None,
+              help="Generated images per evaluation.  [default: the reference's protocol (2,000 for digits), else 50,000]")
+@click.option("--metrics-detector", type=str, default=_RUN.metrics_detector,
+              help="Feature network for --metrics; auto = the reference's own, else Inception-v3.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
 @click.option("--batch", type=click.IntRange(min=1), default=_R.batch, help="Images per generator update.")
 @click.option("--lr-gen", type=_POS, default=_R.lr_gen, help="Generator learning rate (Adam).")
@@ -70,6 +79,8 @@ def _fail(msg):
 @click.option("--adam-eps", type=_POS, default=_R.adam_eps, help="Adam epsilon.")
 @click.option("--fake-updates", type=click.IntRange(min=1), default=_R.fake_updates,
               help="Fake-score updates per generator update.")
+@click.option("--fake-warmup", type=click.IntRange(min=0), default=_R.fake_warmup,
+              help="Extra fake-score updates on the starting generator's samples before the first generator update.")
 @click.option("--loss", type=click.Choice(LOSSES), default=_R.loss, help="Generator loss: Diff-Instruct IKL or SiD.")
 @click.option("--normalize", type=click.Choice(NORMALIZE), default=_R.normalize,
               help="'dmd' divides the IKL gradient by mean|x0 - D_T| per sample.")
@@ -153,10 +164,25 @@ def resolve_run_config(opts, explicit=()):
               f"generated images, e.g. --kimg 200); got {opts['kimg']}")
     if not opts["snap"] > 0:
         _fail(f"--snap must be greater than 0 (snapshot interval in kimg); got {opts['snap']}")
+    metrics = _parse_metrics(pick("metrics"))
     run = RunConfig(gen=gen, teacher=pick("teacher"), gen_key=pick("gen_key"),
                     outdir=opts["outdir"], kimg=float(opts["kimg"]), snap=float(opts["snap"]),
-                    grid=int(opts["grid"]), resume=opts.get("resume"), refine=refine)
+                    grid=int(opts["grid"]), resume=opts.get("resume"), metrics=metrics,
+                    metrics_ref=pick("metrics_ref"), metrics_num=pick("metrics_num"),
+                    metrics_detector=pick("metrics_detector"), refine=refine)
     return run, state
+
+
+def _parse_metrics(value):
+    """'fid,kid' (or a saved list) -> ['fid', 'kid']; 'none' or '' -> []."""
+    from .metrics.compute import METRICS
+    items = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
+    names = [m.strip().lower() for m in items if m.strip() and m.strip().lower() != "none"]
+    bad = [m for m in names if m not in METRICS]
+    if bad:
+        _fail(f"--metrics: unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)} "
+              f"(comma-separated) or none")
+    return list(dict.fromkeys(names))
 
 
 def _resolve_source(src, what):
@@ -256,9 +282,10 @@ def launch(run, state=None, dry_run=False, progress=True):
     teacher_target = _resolve_source(teacher_src, "teacher")
     steps = steps_for_kimg(run.kimg, run.refine.batch)
     snap_steps = max(1, int(round(run.snap * 1000 / run.refine.batch)))
+    evaluation = _resolve_metrics(run, gen_target)
     resolved = dict(run.to_dict(), resolved=dict(gen=gen_target, teacher=teacher_target,
                                                  teacher_name=teacher_src, steps=steps,
-                                                 snap_steps=snap_steps))
+                                                 snap_steps=snap_steps, metrics=evaluation))
     if dry_run:
         click.echo(json.dumps(resolved, indent=2, sort_keys=True))
         return None
@@ -297,10 +324,13 @@ def launch(run, state=None, dry_run=False, progress=True):
 
     def portable(target):  # so --resume works from any working directory
         return target if "://" in target else os.path.abspath(target)
-    run_info = dict(gen=portable(gen_target), teacher=portable(teacher_target), gen_key=run.gen_key)
-    writer = _Outputs(refiner, run_dir, run, run_info)
+    run_info = dict(gen=portable(gen_target), teacher=portable(teacher_target), gen_key=run.gen_key,
+                    metrics=run.metrics, metrics_ref=run.metrics_ref, metrics_num=run.metrics_num,
+                    metrics_detector=run.metrics_detector)
+    writer = _Outputs(refiner, run_dir, run, run_info, evaluation)
     try:
         writer.grid("init")
+        writer.evaluate(None)
     except NonFiniteError as err:
         _fail(err)
 
@@ -338,12 +368,61 @@ def launch(run, state=None, dry_run=False, progress=True):
     finally:
         bar.close()
         stop.restore()
+    writer.before_after()
     if stop.requested:
         click.echo(f"Interrupted after step {refiner.cur_step}: wrote {last_snap}; continue with "
                    f"--resume {os.path.join(run_dir, 'refine-state.pt')}", err=True)
     else:
         click.echo(f"Done: {last_snap}", err=True)
+    writer.summary()
     return run_dir
+
+
+def _resolve_metrics(run, gen_target):
+    """The evaluation plan of --metrics (reference, detector, sample count), checked before any
+    work starts; None without --metrics."""
+    if not run.metrics:
+        return None
+    from . import pretrained
+    from .metrics.detectors import INCEPTION
+    ref, ref_entry = run.metrics_ref, None
+    if ref == "auto":
+        gen_entry = pretrained.entry_for(run.gen) or pretrained.entry_for(gen_target)
+        name = gen_entry and pretrained.find_fid_ref(gen_entry["dataset"], gen_entry["resolution"])
+        if not name:
+            what = (f"data set {gen_entry['dataset']!r} at {gen_entry['resolution']} px" if gen_entry
+                    else f"{run.gen} (not a model in the table)")
+            _fail(f"--metrics-ref auto: the table has no reference statistics for {what}; give "
+                  f"--metrics-ref (a statistics .npz with mu/sigma, an image folder or an array)")
+        ref = name
+    if pretrained.lookup(ref) is not None and not os.path.exists(ref):
+        ref_entry = pretrained.lookup(ref)
+        if ref_entry["role"] != "fid-ref":
+            _fail(f"--metrics-ref {ref}: that table entry is a {ref_entry['role']}, not reference statistics")
+    elif "://" not in ref and not os.path.exists(ref):
+        _fail(f"--metrics-ref: no such file or folder: {ref} (give a statistics .npz, an image "
+              f"folder or array, a URL, or a 'fid-ref' name from pretrained_urls.json)")
+    from .metrics.compute import is_stats_source
+    if {"kid", "pr"} & set(run.metrics) and (ref_entry is not None or is_stats_source(ref)):
+        _fail(f"--metrics {','.join(run.metrics)}: KID and precision/recall need reference images "
+              f"(an image folder or array) as --metrics-ref, not mean/covariance statistics")
+    detector = run.metrics_detector
+    if detector == "auto":
+        detector = (ref_entry or {}).get("detector") or _recorded_detector(ref) or INCEPTION
+    num = run.metrics_num or (ref_entry or {}).get("eval_num") or 50000
+    return dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
+
+
+def _recorded_detector(ref):
+    """The detector a statistics .npz written by gan_refine names, if any."""
+    if not (os.path.isfile(ref) and ref.endswith(".npz")):
+        return None
+    import numpy as np
+    try:
+        with np.load(ref) as data:
+            return str(data["detector"]) if "detector" in data.files else None
+    except (OSError, ValueError):
+        return None  # compute_metrics reports an unreadable file in one line
 
 
 class _Outputs:
@@ -351,8 +430,12 @@ class _Outputs:
 
     GRID_SEED = 0  # fixed, so every grid of every run shows the same latents
 
-    def __init__(self, refiner, run_dir, run, run_info):
+    def __init__(self, refiner, run_dir, run, run_info, evaluation=None):
         self.r, self.dir, self.run, self.run_info = refiner, run_dir, run, run_info
+        self.evaluation = evaluation
+        self.results = []          # (step, metrics dict) of every evaluation of this run
+        self.first_grid = None     # the images of samples-init.png, for the before/after grid
+        self.last_grid = None
 
     def _checked_samples(self, n):
         from .refiner import NonFiniteError
@@ -368,6 +451,49 @@ class _Outputs:
         images = self._checked_samples(max(n, 4))
         if n:
             save_image_grid(images[:n], os.path.join(self.dir, f"samples-{tag}.png"), cols=self.run.grid)
+            if self.first_grid is None:
+                self.first_grid = images[:n]
+            self.last_grid = images[:n]
+
+    def before_after(self):
+        """samples-before-after.png: the first grid of this run beside its last (same latents)."""
+        from .images import save_image_pair
+        if self.first_grid is not None and self.r.cur_step > 0:
+            scale = max(1, 64 // self.first_grid.shape[-1])  # digits are 16 px: show them at 64
+            save_image_pair(self.first_grid, self.last_grid,
+                            os.path.join(self.dir, "samples-before-after.png"), cols=self.run.grid,
+                            scale=scale)
+
+    def evaluate(self, pkl):
+        """Compute --metrics for G_ema now; append them to metrics.jsonl and print one line."""
+        if self.evaluation is None:
+            return None
+        from .metrics.compute import compute_metrics
+        ev = self.evaluation
+        try:
+            res = compute_metrics(gen=self.r.refined_generator(), ref=ev["ref"], metrics=ev["metrics"],
+                                  num=ev["num"], detector=ev["detector"], device=self.r.device, seed=0)
+        except (OSError, ValueError, RuntimeError) as err:
+            _fail(f"--metrics: {str(err).splitlines()[0]}")
+        figures = {k: res[k] for k in ("fid", "kid", "kid_std", "precision", "recall") if k in res}
+        line = dict(step=self.r.cur_step, kimg=self.r.cur_nimg / 1000, snapshot_pkl=pkl,
+                    results=figures, num=res.get("num"), detector=res.get("detector"),
+                    ref=ev["ref"], seconds=res.get("seconds"))
+        with open(os.path.join(self.dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        self.results.append((self.r.cur_step, figures))
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
+        click.echo(f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
+                   f"{res.get('detector')})", err=True)
+        return figures
+
+    def summary(self):
+        """One line comparing the first and last evaluation of this run."""
+        if len(self.results) < 2:
+            return
+        (s0, first), (s1, last) = self.results[0], self.results[-1]
+        parts = [f"{k.upper()} {first[k]:.4g} -> {last[k]:.4g}" for k in first if k in last and k != "kid_std"]
+        click.echo(f"G_ema at step {s0} vs step {s1}: " + ", ".join(parts), err=True)
 
     def snapshot(self):
         from .snapshot import save_state
@@ -377,6 +503,7 @@ class _Outputs:
         self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
         state = dict(self.r.state_dict(), run=self.run_info)
         save_state(os.path.join(self.dir, "refine-state.pt"), state)
+        self.evaluate(os.path.basename(pkl))
         return pkl
 
 

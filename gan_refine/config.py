@@ -33,6 +33,9 @@ class RefineConfig:
     adam_eps: float = 1e-8
     # Fake-score updates before each generator update (1:1 alternation; DMD2 used 5).
     fake_updates: int = 1
+    # Extra fake-score updates before the first generator update, so the fake score (a copy of
+    # the teacher) has learnt the starting generator's samples before it steers the generator.
+    fake_warmup: int = 0
     # Generator loss: 'ikl' (Diff-Instruct) or 'sid' (Score identity Distillation).
     loss: str = "ikl"
     # 'dmd' divides the IKL gradient by mean|x0 - D_T| per sample (DMD); 'none' keeps it raw.
@@ -91,6 +94,7 @@ class RefineConfig:
              f"betas must be two numbers in [0, 1), got {self.betas}")
         need(self.adam_eps > 0, "adam_eps must be positive")
         need(self.fake_updates >= 1, f"fake_updates must be at least 1, got {self.fake_updates}")
+        need(self.fake_warmup >= 0, f"fake_warmup must be >= 0, got {self.fake_warmup}")
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         need(self.normalize in NORMALIZE,
              f"normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
@@ -145,6 +149,16 @@ class RunConfig:
     grid: int = 8
     # State file of an earlier run to continue from (or that run's folder).
     resume: Optional[str] = None
+    # Metrics computed on G_ema before refining and at every snapshot ('fid', 'kid', 'pr').
+    metrics: List[str] = field(default_factory=list)
+    # Their reference: statistics .npz, image folder/array, URL or table name; 'auto' = the
+    # table's reference statistics for the generator's data set and resolution.
+    metrics_ref: str = "auto"
+    # Generated images per evaluation; None = the reference's protocol (table 'eval_num'),
+    # else 50,000 as in the standard FID.
+    metrics_num: Optional[int] = None
+    # Feature network; 'auto' = the one the reference was made with, else Inception-v3.
+    metrics_detector: str = "auto"
     # The method settings.
     refine: RefineConfig = field(default_factory=RefineConfig)
 

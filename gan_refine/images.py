@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["to_uint8", "image_grid", "save_image_grid"]
+__all__ = ["to_uint8", "image_grid", "save_image_grid", "save_image_pair"]
 
 
 def to_uint8(images):
@@ -43,10 +43,27 @@ def image_grid(images, cols=None):
 
 def save_image_grid(images, path, cols=None):
     """Write a PNG grid of `images` ([-1, 1], NCHW) to `path` atomically; returns the path."""
+    return _save_png(image_grid(images, cols), path)
+
+
+def save_image_pair(before, after, path, cols=None, scale=1):
+    """Write two grids side by side (`before` left, `after` right) with a white gutter of one
+    eighth of an image; `scale` enlarges every pixel to scale x scale (for tiny images)."""
+    left, right = image_grid(before, cols), image_grid(after, cols)
+    if left.shape != right.shape:
+        raise ValueError(f"before and after grids differ in shape: {left.shape} vs {right.shape}")
+    h, _, c = left.shape
+    gutter = np.full([h, max(1, before.shape[-1] // 8), c], 255, dtype=np.uint8)
+    pair = np.concatenate([left, gutter, right], axis=1)
+    if scale > 1:
+        pair = pair.repeat(scale, axis=0).repeat(scale, axis=1)
+    return _save_png(pair, path)
+
+
+def _save_png(grid, path):
     from PIL import Image
 
     from .snapshot import atomic_write_bytes
-    grid = image_grid(images, cols)
     img = Image.fromarray(grid[..., 0], "L") if grid.shape[-1] == 1 else Image.fromarray(grid, "RGB")
     buf = io.BytesIO()
     img.save(buf, format="PNG")

@@ -25,6 +25,8 @@ __all__ = [
     "is_url",
     "resolve",
     "find_teacher",
+    "find_fid_ref",
+    "entry_for",
     "expected_sha256",
 ]
 
@@ -181,11 +183,27 @@ def find_teacher(family, img_resolution, img_channels, label_dim, prefer="vp"):
     return matches[0]
 
 
-def expected_sha256(url_or_name):
-    """Published sha256 of a model given by name or URL; None when unknown or not in the table."""
-    s = os.fspath(url_or_name)
+def entry_for(source):
+    """The table entry of a model given by name, URL or the path of a shipped file; else None."""
+    s = os.fspath(source)
     entry = lookup_url(s) if is_url(s) else lookup(s)
     if entry is None:
-        entry = next((e for e in _models().values() if e["url"].startswith(PACKAGE_PREFIX)
+        entry = next((dict(e, name=n) for n, e in _models().items()
+                      if e["url"].startswith(PACKAGE_PREFIX)
                       and os.path.abspath(package_path(e["url"])) == os.path.abspath(s)), None)
+    return entry
+
+
+def expected_sha256(url_or_name):
+    """Published sha256 of a model given by name or URL; None when unknown or not in the table."""
+    entry = entry_for(url_or_name)
     return None if entry is None else entry["sha256"]
+
+
+def find_fid_ref(dataset, img_resolution):
+    """Name of the 'fid-ref' entry (reference statistics) of `dataset` at `img_resolution`,
+    or None when the table has none."""
+    matches = sorted(n for n, e in _models().items()
+                     if e["role"] == "fid-ref" and e["dataset"].lower() == str(dataset).lower()
+                     and e["resolution"] == int(img_resolution) and "baseline" not in n)
+    return matches[0] if matches else None

@@ -231,11 +231,13 @@ class Refiner:
     # ------------------------------------------------------------------ the step
 
     def step(self):
-        """One generator update (after `fake_updates` fake-score updates); returns statistics."""
+        """One generator update (after `fake_updates` fake-score updates, plus `fake_warmup`
+        before the very first one); returns statistics."""
         cfg = self.config
         t0 = time.perf_counter()
         fake_losses, fake_norms, fake_mse = [], [], []
-        for _ in range(cfg.fake_updates):
+        warmup = cfg.fake_warmup if self.cur_step == 0 else 0
+        for _ in range(cfg.fake_updates + warmup):
             z, c = self._latents(cfg.batch)
             with _global_rng_scope(self._draw_seed(), self.device):
                 with torch.no_grad(), self._autocast():

@@ -232,3 +232,73 @@ def test_bad_inputs_give_one_line_errors_and_no_files(pkls, tmp_path, case, patt
     assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
     assert pattern in lines[0]
     assert run_dirs(outdir) == []
+
+
+def _digits_fid(G, num, stats_path):
+    """FID of G's images at seeds 0..num-1 (StyleGAN's latent protocol) against a statistics
+    file, computed with numpy/scipy alone: an independent check of the CLI's --metrics wiring."""
+    import warnings
+    import numpy as np
+    import scipy.linalg
+    from gan_refine import pretrained
+    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in range(num)])).float()
+    images = []
+    for start in range(0, num, 64):   # the noise inputs are seeded per batch of 64 seeds
+        torch.manual_seed(start)
+        with torch.no_grad():
+            images.append(G(z[start:start + 64], None, noise_mode="random"))
+    u8 = (torch.cat(images) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        det = torch.jit.load(pretrained.resolve("digits-detector")).eval()
+    with torch.no_grad():
+        f = det(u8, return_features=True).double().numpy()
+    with np.load(stats_path) as ref:
+        mu2, s2 = ref["mu"], ref["sigma"]
+    mu1, s1 = f.mean(0), np.cov(f, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_metrics_before_and_at_snapshots_with_before_after_grid(tmp_path):
+    from gan_refine import pretrained
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", "digits", "--teacher", "digits", "--kimg", 0.008, "--snap", 0.004,
+                "--metrics", "fid", "--metrics-num", 300, "--lr-gen", 1e-3, "--outdir", outdir] + FAST)
+    assert r.exit_code == 0, r.output
+    (run,) = run_dirs(outdir)
+    lines = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    assert [x["step"] for x in lines] == [0, 1, 2]
+    assert lines[0]["snapshot_pkl"] is None and lines[2]["snapshot_pkl"] == "network-snapshot-000002.pkl"
+    assert all(x["num"] == 300 and x["detector"] == "digits" and x["ref"] == "fid-ref-digits-16x16"
+               for x in lines)
+    stats = pretrained.resolve("fid-ref-digits-16x16")
+    start = load_network_pkl("digits")["G_ema"]
+    final = load_network_pkl(os.path.join(run, "network-snapshot-000002.pkl"))["G_ema"]
+    fid0, fid2 = lines[0]["results"]["fid"], lines[2]["results"]["fid"]
+    assert fid0 == pytest.approx(_digits_fid(start, 300, stats), rel=1e-6)
+    assert fid2 == pytest.approx(_digits_fid(final, 300, stats), rel=1e-6)
+    assert abs(fid2 - fid0) > 1e-4   # the refined G_ema was evaluated, not the starting one
+    assert "G_ema at step 0 vs step 2: FID" in r.output
+    with Image.open(os.path.join(run, "samples-before-after.png")) as im:
+        # Two 2x2 grids of 16 px digits with a 2 px gutter, every pixel shown 4x4.
+        assert im.size == ((2 * 32 + 2) * 4, 32 * 4)
+    opts = json.load(open(os.path.join(run, "refine_options.json")))
+    assert opts["resolved"]["metrics"] == dict(metrics=["fid"], ref="fid-ref-digits-16x16",
+                                               detector="digits", num=300)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--metrics", "fud"], "unknown metric(s) fud"),
+    (["--metrics", "fid"], "--metrics-ref auto: the table has no reference statistics"),
+    (["--metrics", "kid", "--metrics-ref", "fid-ref-digits-16x16"], "need reference images"),
+    (["--metrics", "fid", "--metrics-ref", "missing-stats.npz"], "no such file or folder"),
+    (["--metrics", "fid", "--metrics-ref", "digits-edm"], "is a teacher, not reference statistics"),
+])
+def test_bad_metrics_options_fail_before_any_work(pkls, tmp_path, args, pattern):
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--outdir", outdir] + FAST + args)
+    assert r.exit_code != 0
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and pattern in lines[0], r.output
+    assert run_dirs(outdir) == []

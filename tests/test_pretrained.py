@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,40 @@ def test_shipped_digits_models_resolve_and_pick():
     assert "digits" in pretrained.teacher_selectors() and "edm" in pretrained.teacher_selectors()
     with pytest.raises(pretrained.NoMatchingTeacherError):
         pretrained.find_teacher("digits", 32, 3, 0)
+
+
+def test_find_fid_ref_and_entry_for():
+    assert pretrained.find_fid_ref("digits", 16) == "fid-ref-digits-16x16"
+    assert pretrained.find_fid_ref("CIFAR10", 32) == "fid-ref-cifar10-32x32"
+    assert pretrained.find_fid_ref("imagenet", 64) == "fid-ref-imagenet-64x64"  # not the baseline one
+    assert pretrained.find_fid_ref("digits", 32) is None
+    assert pretrained.find_fid_ref("no-such-set", 16) is None
+    shipped = pretrained.entry_for(pretrained.resolve("digits-cond"))  # by the shipped file's path
+    assert shipped["name"] == "digits-cond" and shipped["dataset"] == "digits"
+    assert pretrained.entry_for("stylegan2-ada-cifar10")["dataset"] == "cifar10"
+    assert pretrained.entry_for(pretrained.lookup("edm-cifar10-32x32-uncond-vp")["url"])["role"] == "teacher"
+    assert pretrained.entry_for("/nowhere/else.pkl") is None
+
+
+def test_shipped_digits_fid_reference_matches_the_training_split():
+    """The shipped statistics are the float64 mean/covariance of the shipped detector's features
+    of the uint8-quantised training images, recomputed here with numpy alone."""
+    pytest.importorskip("sklearn")
+    import numpy as np
+    import torch
+    from gan_refine.zoo.digits_data import load_digits_split
+    entry = pretrained.lookup("fid-ref-digits-16x16")
+    assert entry["role"] == "fid-ref" and entry["detector"] == "digits" and entry["eval_num"] == 2000
+    with np.load(pretrained.resolve("fid-ref-digits-16x16")) as data:
+        mu, sigma = data["mu"], data["sigma"]
+        assert str(data["detector"]) == "digits" and int(data["num"]) == 1437
+    x = load_digits_split(16)[0]
+    u8 = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)   # the StyleGAN/EDM quantisation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)   # TorchScript's deprecation notice
+        det = torch.jit.load(pretrained.resolve("digits-detector")).eval()
+    with torch.no_grad():
+        feats = det(u8, return_features=True).double().numpy()
+    assert mu.dtype == np.float64 and sigma.shape == (64, 64)
+    np.testing.assert_allclose(mu, feats.mean(0), atol=1e-5)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), atol=1e-5)

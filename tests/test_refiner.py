@@ -329,6 +329,8 @@ def test_incompatible_models_and_bad_settings_are_refused():
         Refiner(*toy_pair(), precision="bf16", device="cpu")
     with pytest.raises(ValueError, match="fake_updates"):
         Refiner(*toy_pair(), fake_updates=0)
+    with pytest.raises(ValueError, match="fake_warmup"):
+        Refiner(*toy_pair(), fake_warmup=-1)
     plain = GenericTeacherAdapter(lambda x, s, c: x, img_resolution=1, img_channels=2)
     with pytest.raises(ValueError, match="no trainable parameters"):
         Refiner(toy_pair()[0], plain)
@@ -376,3 +378,20 @@ def test_refine_function_returns_the_users_module_class(tmp_path):
                  teacher_kwargs=dict(img_resolution=1, img_channels=2), **TOY)
     assert isinstance(out, MLPGenerator) and out is not gen_module
     assert not torch.equal(out.offset, gen_module.offset)
+
+
+def test_fake_warmup_trains_the_fake_score_before_the_first_generator_update():
+    gen, teacher = toy_pair()
+    r = Refiner(gen, teacher, **dict(TOY, fake_warmup=5, batch=16))
+    g0 = [p.detach().clone() for p in r._g_params]
+    adam_steps = lambda opt: [int(st["step"]) for st in opt.state.values()]
+    r.step()
+    assert set(adam_steps(r.opt_fake)) == {5 + 2} and set(adam_steps(r.opt_G)) == {1}
+    # A warm-up changes the run: the first generator update meets a different fake score.
+    plain = Refiner(*toy_pair(), **dict(TOY, batch=16))
+    plain.step()
+    assert set(adam_steps(plain.opt_fake)) == {2}
+    assert any(not torch.equal(a, b) for a, b in zip(plain._g_params, r._g_params))
+    r.step()   # later steps alternate as usual
+    assert set(adam_steps(r.opt_fake)) == {5 + 4} and set(adam_steps(r.opt_G)) == {2}
+    assert any(not torch.equal(a, b) for a, b in zip(g0, r._g_params))

@@ -21,7 +21,7 @@ from .stats import FeatureStats, frechet_distance, kernel_inception_distance, pr
 
 __all__ = ["quantize", "GeneratorSource", "FolderSource", "ArraySource", "open_images",
            "compute_feature_stats", "load_ref_stats", "save_ref_stats", "compute_metrics",
-           "METRICS", "IMAGE_EXTENSIONS"]
+           "is_stats_source", "METRICS", "IMAGE_EXTENSIONS"]
 
 METRICS = ("fid", "kid", "pr")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -263,11 +263,11 @@ def load_ref_stats(src):
     target = os.fspath(src)
     sha256 = None
     if not os.path.exists(target) and "://" not in target:
-        from .detectors import _pretrained_entry
-        entry = _pretrained_entry(target)
+        from .. import pretrained
+        entry = pretrained.lookup(target)
         if entry is None or not entry.get("url"):
             raise FileNotFoundError(f"no such reference statistics file: {target}")
-        target, sha256 = entry["url"], entry.get("sha256")
+        target, sha256 = pretrained.resolve(target), entry.get("sha256")
     with dl.open_url(target, sha256=sha256) as f:
         payload = f.read()
     try:
@@ -307,7 +307,9 @@ def save_ref_stats(path, stats, detector_name=None):
     return os.fspath(path)
 
 
-def _is_stats_file(ref):
+def is_stats_source(ref):
+    """True when `ref` names mean/covariance statistics (an .npz with mu/sigma, a URL or a table
+    name) rather than reference images (a folder or an image array)."""
     if not isinstance(ref, (str, os.PathLike)):
         return False
     ref = os.fspath(ref)
@@ -341,7 +343,7 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
     ref_stats = ref_feats = None
     result = {}
     # A bad reference file should fail before a detector download is attempted.
-    ref_is_stats = ref is not None and _is_stats_file(ref)
+    ref_is_stats = ref is not None and is_stats_source(ref)
     if ref_is_stats:
         if need_all:
             raise ValueError("KID and precision/recall need reference images (a folder or "

@@ -24,11 +24,16 @@ import torch.nn.functional as F
 from .digits_data import NUM_CLASSES, load_digits_split
 
 __all__ = ["DigitsClassifier", "DigitsDetector", "train_classifier", "export_detector",
-           "accuracy", "register_digits_detector", "DETECTOR_PATH", "DETECTOR_NAME", "FEATURE_DIM"]
+           "accuracy", "register_digits_detector", "export_reference_stats", "DETECTOR_PATH",
+           "DETECTOR_NAME", "FEATURE_DIM", "REF_STATS_PATH", "EVAL_NUM"]
 
 DETECTOR_NAME = "digits"
 DETECTOR_PATH = Path(__file__).with_name("models") / "digits-detector.pt"
 FEATURE_DIM = 64
+# FID reference statistics of the training split under the shipped detector (EDM .npz layout).
+REF_STATS_PATH = Path(__file__).with_name("models") / "fid-ref-digits-16x16.npz"
+# Generated images per digits-FID evaluation (the zoo's protocol; the standard FID uses 50k).
+EVAL_NUM = 2000
 RESOLUTION = 16
 
 
@@ -181,6 +186,21 @@ def export_detector(net, path=DETECTOR_PATH):
     return scripted
 
 
+def export_reference_stats(path=REF_STATS_PATH, detector=None):
+    """Write mean/covariance (float64) of the shipped detector's features of the 1,437
+    uint8-quantised training images to `path` in EDM's .npz layout; returns the path.
+
+    This is the reference of `--metrics fid` for the digits models ('fid-ref-digits-16x16'), so
+    digits-FID needs neither scikit-learn nor the training images at run time.
+    """
+    from ..metrics.compute import ArraySource, compute_feature_stats, save_ref_stats
+    from ..metrics.detectors import get_detector
+    x_train = load_digits_split(res=RESOLUTION)[0]
+    det = get_detector(DETECTOR_NAME if detector is None else detector, device="cpu")
+    stats = compute_feature_stats(ArraySource(x_train.numpy()), det, batch_size=512)
+    return save_ref_stats(os.fspath(path), stats, detector_name=DETECTOR_NAME)
+
+
 def heldout_accuracy(module):
     """Held-out accuracy of an exported detector on the uint8-quantised test split."""
     from ..metrics.compute import quantize
@@ -216,10 +236,18 @@ def main(argv=None):
     parser.add_argument("--out", default=os.fspath(DETECTOR_PATH), help="TorchScript file to write")
     parser.add_argument("--info", default=None, help="also write the training figures as JSON here")
     parser.add_argument("--record", action="store_true", help="also record the figures in models/digits-models.json")
+    parser.add_argument("--ref-stats-only", action="store_true",
+                        help="only (re)write the FID reference statistics of the shipped detector "
+                             "(models/fid-ref-digits-16x16.npz); a retrained detector needs them anew")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.ref_stats_only:
+        print(export_reference_stats())
+        return
     net, info = train_classifier(seed=args.seed, epochs=args.epochs)
     scripted = export_detector(net, args.out)
+    if os.path.abspath(args.out) == os.path.abspath(DETECTOR_PATH):
+        export_reference_stats()  # the reference statistics belong to this detector
     info["test_accuracy"] = heldout_accuracy(scripted)
     info["file_bytes"] = os.path.getsize(args.out)
     print(json.dumps(info))
