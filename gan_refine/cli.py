@@ -483,8 +483,10 @@ class _Outputs:
             f.write(json.dumps(line) + "\n")
         self.results.append((self.r.cur_step, figures))
         shown = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
-        click.echo(f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
-                   f"{res.get('detector')})", err=True)
+        from tqdm.auto import tqdm
+        # tqdm.write keeps the line apart from a progress bar that is being drawn.
+        tqdm.write(f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
+                   f"{res.get('detector')})", file=sys.stderr)
         return figures
 
     def summary(self):
