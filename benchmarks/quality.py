@@ -43,10 +43,10 @@ def features(detector, images, batch=500):
                       for i in range(0, len(images), batch)]).numpy()
 
 
-def generator_features(detector, G, num):
-    """Features of G's images at seeds 0..num-1: the protocol of `gan-refine --metrics` and
-    `gan-refine-metrics` (numpy latents per seed, uint8 quantisation), so figures agree."""
-    src = GeneratorSource(G, num=num, seed=0)
+def generator_features(detector, G, num, seed=0):
+    """Features of G's images at seeds seed..seed+num-1: the protocol of `gan-refine --metrics`
+    and `gan-refine-metrics` (numpy latents per seed, uint8 quantisation), so figures agree."""
+    src = GeneratorSource(G, num=num, seed=seed)
     return compute_feature_stats(src, detector, batch_size=250, capture_all=True).get_all()
 
 
@@ -73,6 +73,11 @@ def teacher_samples(teacher_data, n, device, seed=0, steps=18):
     return torch.cat(out).clamp(-1, 1)
 
 
+def summarize_pairs(figs):
+    """[(fid, kid), ...] over image sets -> {'fid': summary, 'kid': summary}."""
+    return {"fid": summarize([f for f, _ in figs]), "kid": summarize([k for _, k in figs])}
+
+
 def summarize(values):
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}
@@ -87,16 +92,24 @@ def run_pair(kind, args, detector, ref_feat, device, log):
     teacher_data = gan_refine.load_network_pkl(teacher_name)
     res = {"generator": gen_name, "teacher": teacher_name}
 
+    # Image set k uses generator seeds k*num .. (k+1)*num - 1 (set 0 is the one every refined
+    # generator is scored on) and teacher latents from torch seed k.
     start = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=0)
-    res["start"] = dict(zip(("fid", "kid"), fid_kid(generator_features(detector, start.refined_generator(), args.num),
-                                                    ref_feat)))
-    log(f"[{kind}] start: FID {res['start']['fid']:.3f}")
+    figs = [fid_kid(generator_features(detector, start.refined_generator(), args.num, seed=k * args.num), ref_feat)
+            for k in range(args.eval_seeds)]
+    res["start"] = dict(fid=figs[0][0], kid=figs[0][1], image_sets=summarize_pairs(figs))
+    log(f"[{kind}] start: FID {res['start']['fid']:.3f} (image sets: {[round(f, 3) for f, _ in figs]})")
 
-    t0 = time.time()
-    timg = teacher_samples(teacher_data, args.num, device)
-    res["teacher_heun18"] = dict(zip(("fid", "kid"), fid_kid(features(detector, timg), ref_feat)),
-                                 seconds=time.time() - t0, nfe=35)
-    log(f"[{kind}] teacher Heun-18: FID {res['teacher_heun18']['fid']:.3f}")
+    figs, secs = [], []
+    for k in range(args.eval_seeds):
+        t0 = time.time()
+        figs.append(fid_kid(features(detector, teacher_samples(teacher_data, args.num, device, seed=k)), ref_feat))
+        secs.append(time.time() - t0)
+    res["teacher_heun18"] = dict(fid=figs[0][0], kid=figs[0][1], image_sets=summarize_pairs(figs),
+                                 seconds=secs[0], nfe=35)
+    log(f"[{kind}] teacher Heun-18: FID {res['teacher_heun18']['fid']:.3f} (image sets: {[round(f, 3) for f, _ in figs]})")
+    if args.references_only:
+        return res
 
     def refine_curve(label, **overrides):
         curve = {b: {"fid": [], "kid": []} for b in args.budgets}
@@ -143,6 +156,15 @@ def run_ablation(kind, res, args):
     return res
 
 
+def _sets(entry):
+    """' (image sets: mean ± std, n)' when the figure was measured on several image sets."""
+    sets = entry.get("image_sets")
+    if not sets or len(sets["fid"]["values"]) < 2:
+        return ""
+    f = sets["fid"]
+    return f" (image sets: {f['mean']:.3f} ± {f['std']:.3f}, n={len(f['values'])})"
+
+
 def markdown(results, meta):
     lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; "
              f"{meta['num']} generated images vs {meta['num_ref']} training images, digits detector "
@@ -156,7 +178,7 @@ def markdown(results, meta):
             continue
         lines += [f"### {kind}: {r['generator']} refined against {r['teacher']}", "",
                   "| model | steps | FID | KID |", "|---|---|---|---|",
-                  f"| starting generator | 0 | {r['start']['fid']:.3f} | {r['start']['kid']:.5f} |"]
+                  f"| starting generator | 0 | {r['start']['fid']:.3f}{_sets(r['start'])} | {r['start']['kid']:.5f} |"]
         for b, v in r.get("refined", {}).items():
             lines.append(f"| refined (IKL) | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
                          f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
@@ -165,7 +187,7 @@ def markdown(results, meta):
                 lines.append(f"| {r['ablation']['name']} | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
                              f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
         t = r["teacher_heun18"]
-        lines.append(f"| teacher, EDM Heun 18 steps (35 NFE) | - | {t['fid']:.3f} | {t['kid']:.5f} |")
+        lines.append(f"| teacher, EDM Heun 18 steps (35 NFE) | - | {t['fid']:.3f}{_sets(t)} | {t['kid']:.5f} |")
         if "refined" in r:
             last = r["refined"][str(max(int(b) for b in r["refined"]))]["fid"]["mean"]
             gap = r["start"]["fid"] - t["fid"]
@@ -192,6 +214,10 @@ def main():
                     default="no-warmup")
     ap.add_argument("--ablation-pairs", default="uncond", help="pairs the ablation runs on")
     ap.add_argument("--ablation-seeds", type=int, default=2)
+    ap.add_argument("--eval-seeds", type=int, default=3,
+                    help="image sets the starting generator and the teacher are scored on (spread of the references)")
+    ap.add_argument("--references-only", action="store_true",
+                    help="only the starting generator, the teacher and the floor: no refinement")
     ap.add_argument("--ablation-only", action="store_true",
                     help="skip the main refinement curves (run the ablation in a process of its own)")
     ap.add_argument("--log", default=None, help="append every figure as a JSON line here as it is measured")
@@ -227,7 +253,8 @@ def main():
     for kind in args.pairs.split(","):
         results[kind] = run_pair(kind, args, detector, ref_feat, device, log)
     for kind in args.pairs.split(","):
-        run_ablation(kind, results[kind], args)
+        if not args.references_only:
+            run_ablation(kind, results[kind], args)
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
