@@ -201,7 +201,7 @@ def markdown(results, meta):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="uncond,cond")
-    ap.add_argument("--budgets", default="250,500,1000", help="generator steps at which to evaluate")
+    ap.add_argument("--budgets", default="250,500,1000,1500", help="generator steps at which to evaluate")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--num", type=int, default=2000, help="generated images per evaluation")
     ap.add_argument("--batch", type=int, default=32)
