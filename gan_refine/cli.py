@@ -343,26 +343,21 @@ def launch(run, state=None, dry_run=False, progress=True):
     try:
         with open(os.path.join(run_dir, "stats.jsonl"), "a", encoding="utf-8") as log:
             while refiner.cur_step < steps:
-                try:
+                try:  # a NaN in the step or in the snapshot's samples ends the run the same way
                     stats = refiner.step()
+                    stats["time"] = time.time() - t_start
+                    log.write(json.dumps(stats) + "\n")
+                    log.flush()
+                    bar.update(1)
+                    bar.set_postfix({"kimg": f"{stats['kimg']:.4g}", "gap": f"{stats.get('gap/mean', 0):.3g}"},
+                                    refresh=False)
+                    done = refiner.cur_step >= steps
+                    if done or stop.requested or refiner.cur_step % snap_steps == 0:
+                        last_snap = writer.snapshot()
                 except NonFiniteError as err:
                     bar.close()
                     where = f"the last good snapshot is {last_snap}" if last_snap else "no snapshot was written"
                     _fail(f"{err}; {where}")
-                stats["time"] = time.time() - t_start
-                log.write(json.dumps(stats) + "\n")
-                log.flush()
-                bar.update(1)
-                bar.set_postfix({"kimg": f"{stats['kimg']:.4g}", "gap": f"{stats.get('gap/mean', 0):.3g}"},
-                                refresh=False)
-                done = refiner.cur_step >= steps
-                if done or stop.requested or refiner.cur_step % snap_steps == 0:
-                    try:
-                        last_snap = writer.snapshot()
-                    except NonFiniteError as err:
-                        bar.close()
-                        where = f"the last good snapshot is {last_snap}" if last_snap else "no snapshot was written"
-                        _fail(f"{err}; {where}")
                 if stop.requested:
                     break
     finally:
