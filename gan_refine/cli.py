@@ -390,34 +390,29 @@ def _resolve_metrics(run, gen_target):
             _fail(f"--metrics-ref auto: the table has no reference statistics for {what}; give "
                   f"--metrics-ref (a statistics .npz with mu/sigma, an image folder or an array)")
         ref = name
-    if pretrained.lookup(ref) is not None and not os.path.exists(ref):
+    if not os.path.exists(ref):
         ref_entry = pretrained.lookup(ref)
-        if ref_entry["role"] != "fid-ref":
+        if ref_entry is not None and ref_entry["role"] != "fid-ref":
             _fail(f"--metrics-ref {ref}: that table entry is a {ref_entry['role']}, not reference statistics")
-    elif "://" not in ref and not os.path.exists(ref):
-        _fail(f"--metrics-ref: no such file or folder: {ref} (give a statistics .npz, an image "
-              f"folder or array, a URL, or a 'fid-ref' name from pretrained_urls.json)")
-    from .metrics.compute import is_stats_source
-    if {"kid", "pr"} & set(run.metrics) and (ref_entry is not None or is_stats_source(ref)):
-        _fail(f"--metrics {','.join(run.metrics)}: KID and precision/recall need reference images "
-              f"(an image folder or array) as --metrics-ref, not mean/covariance statistics")
+        if ref_entry is None and "://" not in ref:
+            _fail(f"--metrics-ref: no such file or folder: {ref} (give a statistics .npz, an image "
+                  f"folder or array, a URL, or a 'fid-ref' name from pretrained_urls.json)")
+    from .metrics.compute import check_reference, load_ref_stats
+    try:
+        ref_is_stats = check_reference(run.metrics, ref)
+    except ValueError as err:
+        _fail(f"--metrics {','.join(run.metrics)}: {err}; give image files as --metrics-ref")
     detector = run.metrics_detector
     if detector == "auto":
-        detector = (ref_entry or {}).get("detector") or _recorded_detector(ref) or INCEPTION
+        recorded = None
+        if ref_entry is None and ref_is_stats and os.path.isfile(ref):
+            try:  # a statistics file gan_refine wrote names its detector
+                recorded = load_ref_stats(ref).get("detector")
+            except (OSError, ValueError):
+                pass  # compute_metrics reports an unreadable file in one line
+        detector = (ref_entry or {}).get("detector") or recorded or INCEPTION
     num = run.metrics_num or (ref_entry or {}).get("eval_num") or 50000
     return dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
-
-
-def _recorded_detector(ref):
-    """The detector a statistics .npz written by gan_refine names, if any."""
-    if not (os.path.isfile(ref) and ref.endswith(".npz")):
-        return None
-    import numpy as np
-    try:
-        with np.load(ref) as data:
-            return str(data["detector"]) if "detector" in data.files else None
-    except (OSError, ValueError):
-        return None  # compute_metrics reports an unreadable file in one line
 
 
 class _Outputs:
@@ -428,6 +423,7 @@ class _Outputs:
     def __init__(self, refiner, run_dir, run, run_info, evaluation=None):
         self.r, self.dir, self.run, self.run_info = refiner, run_dir, run, run_info
         self.evaluation = evaluation
+        self.ref = None            # the --metrics reference, its image features computed once
         self.results = []          # (step, metrics dict) of every evaluation of this run
         self.first_grid = None     # the images of samples-init.png, for the before/after grid
         self.last_grid = None
@@ -463,10 +459,18 @@ class _Outputs:
         """Compute --metrics for G_ema now; append them to metrics.jsonl and print one line."""
         if self.evaluation is None:
             return None
-        from .metrics.compute import compute_metrics
+        from .metrics.compute import (compute_feature_stats, compute_metrics, is_stats_source,
+                                      open_images)
+        from .metrics.detectors import get_detector
         ev = self.evaluation
         try:
-            res = compute_metrics(gen=self.r.refined_generator(), ref=ev["ref"], metrics=ev["metrics"],
+            if self.ref is None:
+                self.ref = ev["ref"]
+                if not is_stats_source(self.ref):  # reference images: run the detector once
+                    self.ref = compute_feature_stats(open_images(self.ref),
+                                                     get_detector(ev["detector"], device=self.r.device),
+                                                     capture_all=True)
+            res = compute_metrics(gen=self.r.refined_generator(), ref=self.ref, metrics=ev["metrics"],
                                   num=ev["num"], detector=ev["detector"], device=self.r.device, seed=0)
         except (OSError, ValueError, RuntimeError) as err:
             _fail(f"--metrics: {str(err).splitlines()[0]}")

@@ -302,3 +302,33 @@ def test_bad_metrics_options_fail_before_any_work(pkls, tmp_path, args, pattern)
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and pattern in lines[0], r.output
     assert run_dirs(outdir) == []
+
+
+def test_metrics_with_reference_images_run_the_detector_over_them_once(tmp_path, monkeypatch):
+    import numpy as np
+    from gan_refine.metrics import compute
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "real.npy"
+    np.save(ref, rng.integers(0, 256, size=(60, 16, 16), dtype=np.uint8))
+    seen = []
+    real_stats = compute.compute_feature_stats
+
+    def counting(source, *args, **kw):
+        seen.append(type(source).__name__)
+        return real_stats(source, *args, **kw)
+    monkeypatch.setattr(compute, "compute_feature_stats", counting)
+    outdir = tmp_path / "runs"
+    r = invoke(["--gen", "digits", "--teacher", "digits", "--kimg", 0.008, "--metrics", "fid,kid",
+                "--metrics-ref", ref, "--metrics-num", 50, "--metrics-detector", "digits",
+                "--outdir", outdir] + FAST)
+    assert r.exit_code == 0, r.output
+    assert seen.count("ArraySource") == 1 and seen.count("GeneratorSource") == 2
+    (run,) = run_dirs(outdir)
+    lines = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+    assert [x["step"] for x in lines] == [0, 2] and all(x["detector"] == "digits" for x in lines)
+    # The cached reference gives what a fresh evaluation against the array gives.
+    final = load_network_pkl(os.path.join(run, "network-snapshot-000002.pkl"))["G_ema"]
+    fresh = compute.compute_metrics(gen=final, ref=str(ref), metrics=("fid", "kid"), num=50,
+                                    detector="digits", device="cpu", seed=0)
+    assert lines[1]["results"]["fid"] == pytest.approx(fresh["fid"], rel=1e-9)
+    assert lines[1]["results"]["kid"] == pytest.approx(fresh["kid"], rel=1e-9)

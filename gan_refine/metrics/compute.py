@@ -21,7 +21,7 @@ from .stats import FeatureStats, frechet_distance, kernel_inception_distance, pr
 
 __all__ = ["quantize", "GeneratorSource", "FolderSource", "ArraySource", "open_images",
            "compute_feature_stats", "load_ref_stats", "save_ref_stats", "compute_metrics",
-           "is_stats_source", "METRICS", "IMAGE_EXTENSIONS"]
+           "is_stats_source", "check_reference", "METRICS", "IMAGE_EXTENSIONS"]
 
 METRICS = ("fid", "kid", "pr")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -321,6 +321,16 @@ def is_stats_source(ref):
     return not os.path.exists(ref)  # a URL or pretrained name: only statistics are hosted
 
 
+def check_reference(metrics, ref):
+    """Whether `ref` is statistics (see is_stats_source); ValueError when `metrics` include KID
+    or precision/recall, which need the reference features themselves."""
+    is_stats = ref is not None and is_stats_source(ref)
+    if is_stats and any(m in ("kid", "pr") for m in metrics):
+        raise ValueError("KID and precision/recall need reference images (a folder or "
+                         "array), not a mean/covariance file")
+    return is_stats
+
+
 def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=None,
                     detector="inception-2015-12-05", batch_size=64, seed=0, device=None,
                     kid_subsets=100, kid_subset_size=1000, pr_k=3, progress=False,
@@ -330,7 +340,10 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
     gen: a generator (z_dim/c_dim, G(z, c) -> [-1, 1]), network pickle path, image folder,
         .npy/.npz image array or numpy array. For folders and arrays `num` caps the count.
     ref: a statistics .npz (mu/sigma; FID only), a pretrained 'fid-ref' name or URL, an
-        image folder or array (all of it unless `ref_num`). None computes no metric.
+        image folder or array (all of it unless `ref_num`), or the FeatureStats of reference
+        images computed earlier with the same detector (capture_all=True for KID and
+        precision/recall), so repeated evaluations run the detector over them once. None
+        computes no metric.
     save_ref_stats_path: also write the statistics of `gen` there (EDM .npz layout).
     """
     metrics = tuple(metrics)
@@ -343,11 +356,8 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
     ref_stats = ref_feats = None
     result = {}
     # A bad reference file should fail before a detector download is attempted.
-    ref_is_stats = ref is not None and is_stats_source(ref)
+    ref_is_stats = check_reference(metrics, ref)
     if ref_is_stats:
-        if need_all:
-            raise ValueError("KID and precision/recall need reference images (a folder or "
-                             "array), not a mean/covariance file")
         ref_stats = load_ref_stats(ref)
         result["num_ref"] = ref_stats.get("num")
 
@@ -358,8 +368,11 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
         warnings.warn(f"reference statistics were made with detector "
                       f"{ref_stats['detector']!r}, not {det_name!r}", stacklevel=2)
     if ref is not None and not ref_is_stats:
-        src = open_images(ref, num=ref_num, device=device)
-        fs = compute_feature_stats(src, det, batch_size, capture_all=need_all, progress=progress)
+        if isinstance(ref, FeatureStats):
+            fs = ref
+        else:
+            src = open_images(ref, num=ref_num, device=device)
+            fs = compute_feature_stats(src, det, batch_size, capture_all=need_all, progress=progress)
         ref_stats = dict(mu=fs.mean, sigma=fs.cov)
         ref_feats = fs.get_all() if need_all else None
         result["num_ref"] = fs.num_items
