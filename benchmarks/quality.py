@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
+from gan_refine.adapters import as_generator  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
 from gan_refine.metrics.compute import GeneratorSource, compute_feature_stats, quantize  # noqa: E402
@@ -83,9 +84,6 @@ def summarize(values):
             "values": values}
 
 
-METHOD = {}   # the refinement settings of this run (filled from the command line)
-
-
 def run_pair(kind, args, detector, ref_feat, device, log):
     gen_name, teacher_name = PAIRS[kind]
     gen_data = gan_refine.load_network_pkl(gen_name)
@@ -94,8 +92,8 @@ def run_pair(kind, args, detector, ref_feat, device, log):
 
     # Image set k uses generator seeds k*num .. (k+1)*num - 1 (set 0 is the one every refined
     # generator is scored on) and teacher latents from torch seed k.
-    start = Refiner(gen_data, teacher_data, device=device, batch=args.batch, seed=0)
-    figs = [fid_kid(generator_features(detector, start.refined_generator(), args.num, seed=k * args.num), ref_feat)
+    start = as_generator(gen_data).to(device)   # the pickle's G_ema, as the refiner starts from it
+    figs = [fid_kid(generator_features(detector, start, args.num, seed=k * args.num), ref_feat)
             for k in range(args.eval_seeds)]
     res["start"] = dict(fid=figs[0][0], kid=figs[0][1], image_sets=summarize_pairs(figs))
     log(f"[{kind}] start: FID {res['start']['fid']:.3f} (image sets: {[round(f, 3) for f, _ in figs]})")
@@ -115,7 +113,7 @@ def run_pair(kind, args, detector, ref_feat, device, log):
         curve = {b: {"fid": [], "kid": []} for b in args.budgets}
         secs = []
         for seed in range(args.seeds):
-            opts = dict(METHOD, **overrides)
+            opts = dict(args.method, **overrides)
             r = Refiner(gen_data, teacher_data, device=device, seed=seed, **opts)
             t = time.time()
             done = 0
@@ -231,8 +229,8 @@ def main():
     args.budgets = [int(b) for b in args.budgets.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
-    METHOD.update(batch=args.batch, lr_gen=args.lr_gen, lr_fake=args.lr_fake,
-                  fake_warmup=args.fake_warmup, P_mean=args.p_mean)
+    args.method = dict(batch=args.batch, lr_gen=args.lr_gen, lr_fake=args.lr_fake,
+                       fake_warmup=args.fake_warmup, P_mean=args.p_mean)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     t_all = time.time()
@@ -258,7 +256,7 @@ def main():
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "method": dict(METHOD),
+            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "method": args.method,
             "seeds": args.ablation_seeds if args.ablation_only else args.seeds, "feature_dim": int(ref_feat.shape[1]), "command": " ".join(sys.argv),
             "total_seconds": time.time() - t_all}
     md = markdown(results, meta)
