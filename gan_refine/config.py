@@ -1,4 +1,4 @@
-"""Resolved options of a refinement, each default defined once (DESIGN.md §5).
+"""Resolved options of a refinement, each default defined once (docs/design.md, "The method").
 
 `RefineConfig` holds everything the Refiner needs (the method); `RunConfig` adds what only a
 command-line run needs (sources, duration, outputs). The CLI takes its defaults from here.
@@ -6,6 +6,7 @@ command-line run needs (sources, duration, outputs). The CLI takes its defaults 
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
@@ -110,6 +111,12 @@ class RefineConfig:
         need(self.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(list(self.gap_bins) == sorted(self.gap_bins), "gap_bins must be ascending")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2 ** 63,
+             f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if self.label_probs is not None:
+            p = self.label_probs
+            need(all(math.isfinite(v) and v >= 0 for v in p) and sum(p) > 0,
+                 f"label_probs must be non-negative class weights with a positive sum, got {p}")
 
     def to_dict(self):
         """Plain Python types only (lists, not tuples), ready for JSON and for pickles."""
@@ -137,7 +144,7 @@ class RunConfig:
     gen: str = ""
     # Teacher: path, URL, name, or 'edm' to pick the EDM model matching the generator.
     teacher: str = "edm"
-    # Which generator of the pickle to start from (the EMA one, as DESIGN.md §5 says).
+    # Which generator of the pickle to start from (the EMA one, as upstream exports it).
     gen_key: str = "G_ema"
     # Root folder; each run gets a fresh numbered sub-folder inside.
     outdir: str = "runs"
@@ -159,6 +166,9 @@ class RunConfig:
     metrics_num: Optional[int] = None
     # Feature network; 'auto' = the one the reference was made with, else Inception-v3.
     metrics_detector: str = "auto"
+    # Seconds a process of a multi-process run waits for the others before it fails: long
+    # enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
+    dist_timeout: float = 900.0
     # The method settings.
     refine: RefineConfig = field(default_factory=RefineConfig)
 

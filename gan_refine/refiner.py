@@ -7,10 +7,14 @@
     G_refined = r.refined_generator()        # the user's own module class, refined weights
     r.export_pickle("refined.pkl")           # the original pickle layout
 
-Networks (DESIGN.md §5): the teacher D_T (frozen); the fake score D_phi, a copy of the teacher
+Networks (docs/design.md, "The method"): the teacher D_T (frozen); the fake score D_phi, a copy of the teacher
 trained on generator samples; the generator G, started from the given (G_ema) weights, and
 its EMA. The user's objects are not modified, except that the teacher is moved to the device,
 put in eval mode and frozen.
+
+On several processes (torchrun, or `process_group=`), `batch` stays the global batch: every
+rank draws the random numbers of the whole batch and keeps its slice, DistributedDataParallel
+averages the gradients, and the EMA lives on rank 0 (`sync_ema()` copies it to every rank).
 """
 
 import contextlib
@@ -20,7 +24,7 @@ import time
 
 import torch
 
-from . import losses
+from . import distributed, losses
 from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
 from .sigma import bin_index, bin_labels, make_sigma_law
 from .snapshot import capture_global_rng, restore_global_rng
@@ -101,15 +105,25 @@ class Refiner:
         generator_loss: optional replacement for the generator loss, with the signature of
             losses.ikl_generator_loss minus its options (for experiments and control runs).
         gen_key: which generator of a pickle dict to start from.
+        process_group: an initialised torch.distributed group to refine on (every rank builds
+            its Refiner with the same arguments); default: the default group if one is
+            initialised, else this process alone.
     """
 
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
-                 gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, **overrides):
+                 gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
+                 dist=None, **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
         cfg.validate()
         self.config = cfg
+        self.dist = dist if dist is not None else distributed.from_group(process_group)
+        world = self.dist.world_size
+        if cfg.batch % world:
+            raise ValueError(f"batch {cfg.batch} is the global batch, split evenly over {world} "
+                             f"processes; use a multiple of {world}")
+        self.local_batch = cfg.batch // world
         self.device = resolve_device(cfg.device)
         if cfg.precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"precision {cfg.precision!r} needs a CUDA device; on "
@@ -148,9 +162,15 @@ class Refiner:
         fp16 = cfg.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler("cuda") if fp16 else None
         self.scaler_fake = torch.amp.GradScaler("cuda") if fp16 else None
-        if cfg.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # Networks the optimisers update, called through DDP on several processes so that
+        # their gradients are averaged over ranks during the backward pass.
+        self._G_train, self._fake_train = self.G, self.fake_score
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            kw = dict(device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                      broadcast_buffers=False, process_group=self.dist.group)
+            self._G_train = DDP(self.G, **kw)
+            self._fake_train = DDP(self.fake_score, **kw)
 
         self.sigma_law = make_sigma_law(cfg.sigma_law, P_mean=cfg.P_mean, P_std=cfg.P_std,
                                         sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
@@ -160,8 +180,39 @@ class Refiner:
         self.rng = torch.Generator(device=self.device).manual_seed(int(cfg.seed))
         self.cur_step = 0
         self.cur_nimg = 0
+        self._updated = False  # has any optimiser step been taken (for NaN messages)?
 
     # ------------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _precision_flags(self):
+        """TF32 on for 'tf32' and off for every other precision (fp32 means fp32), for the
+        duration of a block only: the refiner runs inside other people's programs."""
+        if self.device.type != "cuda":
+            yield
+            return
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        allow = self.config.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    def _randomness(self):
+        """Per-sample random draws inside the networks (StyleGAN noise, dropout) as a single
+        process running the whole batch would make them; nothing to do on one process."""
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        return distributed.GlobalBatchRandomness(self.local_batch, self.dist.world_size, self.dist.rank)
+
+    def _mine(self, t):
+        """This rank's slice of a tensor drawn for the global batch."""
+        if not self.dist.enabled:
+            return t
+        start = self.local_batch * self.dist.rank
+        return t[start:start + self.local_batch]
 
     def _autocast(self):
         if self.config.precision in ("bf16", "fp16"):
@@ -172,20 +223,34 @@ class Refiner:
     def _draw_seed(self):
         return int(torch.randint(0, 2 ** 62, [1], generator=self.rng, device=self.device).item())
 
-    def _latents(self, n):
-        return self.G.sample_latents(n, generator=self.rng, device=self.device,
+    def _latents(self):
+        # Drawn for the global batch on every rank, so the run does not depend on world size.
+        z, c = self.G.sample_latents(self.config.batch, generator=self.rng, device=self.device,
                                      label_probs=self.config.label_probs)
+        return self._mine(z), self._mine(c)
 
     def _noise(self, x0):
-        sigma = self.sigma_law.sample(x0.shape[0], generator=self.rng, device=self.device)
-        noise = torch.randn(x0.shape, generator=self.rng, device=self.device, dtype=x0.dtype)
-        return sigma, noise
+        n = self.config.batch
+        sigma = self.sigma_law.sample(n, generator=self.rng, device=self.device)
+        noise = torch.randn([n, *x0.shape[1:]], generator=self.rng, device=self.device, dtype=x0.dtype)
+        return self._mine(sigma), self._mine(noise)
 
-    def _check_finite(self, t, what):
-        if not torch.isfinite(t).all():
-            raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; stopped before "
-                                 f"updating any weights (lower the learning rate, use fp32, or "
-                                 f"check the input networks)")
+    def _check_finite(self, checks):
+        """Raise NonFiniteError, on every rank alike, if any (tensor, what) holds NaN/inf."""
+        bad = torch.stack([~torch.isfinite(t).all() for t, _ in checks]).to(torch.int64)
+        self.dist.all_reduce(bad, op="max", what="checking for NaN/inf")
+        bad = bad.tolist()
+        if any(bad):
+            what = next(w for (_, w), b in zip(checks, bad) if b)
+            raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; {self._blame()}")
+
+    def _blame(self):
+        if not self._updated:
+            return ("this happened before the first update, so the input networks make it: check "
+                    "that the generator and teacher pickles hold finite weights (the refiner "
+                    "state is unchanged)")
+        return ("the refiner was left as it was before this step (lower the learning rate, use "
+                "fp32, or add --grad-clip)")
 
     def _apply(self, loss, opt, params, scaler, what):
         """Back-propagate into `params` only, clip, step; returns the pre-clip gradient norm."""
@@ -201,11 +266,12 @@ class Refiner:
             scaler.step(opt)  # skips the update itself when the scaled gradients overflowed
             scaler.update()
         else:
+            # After DDP's averaging every rank holds the same gradient, so they agree here.
             if not math.isfinite(norm):
                 raise NonFiniteError(f"the {what} gradient is NaN/inf at step {self.cur_step + 1}; "
-                                     f"stopped before updating any weights (check the networks' "
-                                     f"outputs or lower the learning rate)")
+                                     f"{self._blame()}")
             opt.step()
+        self._updated = True
         return norm
 
     def _generator_loss(self, fake, teacher, x0, sigma, noise, c):
@@ -218,6 +284,8 @@ class Refiner:
 
     @torch.no_grad()
     def _update_ema(self):
+        if not self.dist.is_main:
+            return  # the EMA is rank 0's; sync_ema() shares it when every rank needs it
         cfg = self.config
         ema_nimg = cfg.ema_kimg * 1000
         if cfg.ema_rampup > 0:
@@ -232,38 +300,69 @@ class Refiner:
 
     def step(self):
         """One generator update (after `fake_updates` fake-score updates, plus `fake_warmup`
-        before the very first one); returns statistics."""
+        before the very first one); returns statistics.
+
+        A NonFiniteError leaves the refiner exactly as it was before the call: the fake score's
+        updates of this step are undone, and the counters and random streams are rewound.
+        """
+        undo = self._checkpoint_fake()
+        try:
+            with self._precision_flags():
+                return self._step()
+        except NonFiniteError:
+            self._restore_fake(undo)
+            raise
+
+    def _checkpoint_fake(self):
+        opt_state = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+                     for p, st in self.opt_fake.state.items()}
+        return dict(weights=[t.detach().clone() for t in self.fake_score.state_dict().values()],
+                    opt_state=opt_state, rng=self.rng.get_state(), updated=self._updated,
+                    scaler=None if self.scaler_fake is None else copy.deepcopy(self.scaler_fake.state_dict()))
+
+    @torch.no_grad()
+    def _restore_fake(self, undo):
+        for t, saved in zip(self.fake_score.state_dict().values(), undo["weights"]):
+            t.copy_(saved)
+        self.opt_fake.state.clear()
+        self.opt_fake.state.update(undo["opt_state"])
+        if undo["scaler"] is not None:
+            self.scaler_fake.load_state_dict(undo["scaler"])
+        self.rng.set_state(undo["rng"])
+        self._updated = undo["updated"]
+        self.opt_fake.zero_grad(set_to_none=True)
+        self.opt_G.zero_grad(set_to_none=True)
+
+    def _step(self):
         cfg = self.config
         t0 = time.perf_counter()
         fake_losses, fake_norms, fake_mse = [], [], []
         warmup = cfg.fake_warmup if self.cur_step == 0 else 0
         for _ in range(cfg.fake_updates + warmup):
-            z, c = self._latents(cfg.batch)
+            z, c = self._latents()
             with _global_rng_scope(self._draw_seed(), self.device):
-                with torch.no_grad(), self._autocast():
+                with torch.no_grad(), self._autocast(), self._randomness():
                     x0 = self.G(z, c).float()
-                self._check_finite(x0, "the generator output")
                 sigma, noise = self._noise(x0)
                 self.fake_score.train()  # trained like its teacher was (dropout on)
-                with self._autocast():
-                    per_sample, figs = losses.fake_score_loss(self.fake_score, x0, sigma, noise, c,
+                with self._autocast(), self._randomness():
+                    per_sample, figs = losses.fake_score_loss(self._fake_train, x0, sigma, noise, c,
                                                               self.sigma_data)
                 loss = per_sample.float().mean()
-                self._check_finite(loss, "the fake-score loss")
+                self._check_finite([(x0, "the generator output"), (loss, "the fake-score loss")])
                 fake_norms.append(self._apply(loss, self.opt_fake, self._f_params,
                                               self.scaler_fake, "fake-score"))
-            fake_losses.append(loss.item())
-            fake_mse.append(figs["fake_score/mse"].mean().item())
+            fake_losses.append(loss.detach())
+            fake_mse.append(figs["fake_score/mse"].float().mean())
 
-        z, c = self._latents(cfg.batch)
+        z, c = self._latents()
         step_seed = self._draw_seed()
         self.fake_score.requires_grad_(False)
         try:
             with _global_rng_scope(step_seed, self.device):
                 self.G.train()
-                with self._autocast():
-                    x0 = self.G(z, c).float()
-                self._check_finite(x0, "the generator output")
+                with self._autocast(), self._randomness():
+                    x0 = self._G_train(z, c).float()
                 sigma, noise = self._noise(x0)
                 if cfg.teacher_mode == "train":
                     self.fake_score.train()
@@ -274,10 +373,10 @@ class Refiner:
                 else:
                     self.fake_score.eval()
                     fake, teacher = self.fake_score, self.teacher
-                with self._autocast():
+                with self._autocast(), self._randomness():
                     per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
                 loss = per_sample.float().mean()
-                self._check_finite(loss, "the generator loss")
+                self._check_finite([(x0, "the generator output"), (loss, "the generator loss")])
                 g_norm = self._apply(loss, self.opt_G, self._g_params, self.scaler_G, "generator")
         finally:
             self.teacher.eval()
@@ -285,30 +384,42 @@ class Refiner:
         self.cur_step += 1
         self.cur_nimg += cfg.batch
         self._update_ema()
+        stats = self._gather_stats(loss.detach(), fake_losses, fake_mse, figs.get("gap"), sigma)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-
-        stats = {
+        stats.update({
             "step": self.cur_step,
             "kimg": self.cur_nimg / 1000,
-            "loss/generator": loss.item(),
-            "loss/fake_score": sum(fake_losses) / len(fake_losses),
-            "fake_score/mse": sum(fake_mse) / len(fake_mse),
             "grad_norm/generator": g_norm,
             "grad_norm/fake_score": sum(fake_norms) / len(fake_norms),
             "sec_per_step": dt,
             "images_per_sec": cfg.batch / dt if dt > 0 else float("inf"),
-        }
-        gap = figs.get("gap")
+        })
+        return stats
+
+    def _gather_stats(self, gen_loss, fake_losses, fake_mse, gap, sigma):
+        """Losses (means over the global batch) and the mean gap |D_phi - D_T| overall and per
+        noise-level bin, combined over ranks in one collective and one host transfer."""
+        world = self.dist.world_size
+        values = [gen_loss.float() / world, torch.stack(fake_losses).mean() / world,
+                  torch.stack(fake_mse).mean() / world]
         if gap is not None:
-            gap = gap.float()
-            stats["gap/mean"] = gap.mean().item()
-            idx = bin_index(sigma.float(), cfg.gap_bins)
+            gap = gap.detach().float()
+            idx = bin_index(sigma.float(), self.config.gap_bins)
+            values += [gap.sum(), torch.tensor(float(gap.numel()), device=gap.device)]
+            for k in range(len(self._bin_names)):
+                mask = (idx == k).float()
+                values += [(gap * mask).sum(), mask.sum()]
+        vec = self.dist.all_reduce(torch.stack([v.to(self.device) for v in values]),
+                                   what="combining step statistics").tolist()
+        stats = {"loss/generator": vec[0], "loss/fake_score": vec[1], "fake_score/mse": vec[2]}
+        if gap is not None:
+            stats["gap/mean"] = vec[3] / vec[4]
             for k, name in enumerate(self._bin_names):
-                mask = idx == k
-                if mask.any():
-                    stats[f"gap/{name}"] = gap[mask].mean().item()
+                total, count = vec[5 + 2 * k], vec[6 + 2 * k]
+                if count > 0:
+                    stats[f"gap/{name}"] = total / count
         return stats
 
     # ------------------------------------------------------------------ loops
@@ -338,6 +449,12 @@ class Refiner:
 
     # ------------------------------------------------------------------ results
 
+    def sync_ema(self):
+        """Copy rank 0's EMA weights to every rank (a collective; nothing to do on one process)."""
+        if self.dist.enabled:
+            self.dist.broadcast_tensors(list(self.G_ema.parameters()) + list(self.G_ema.buffers()),
+                                        what="sharing the EMA weights")
+
     def refined_generator(self, ema=True):
         """The refined network as the user's own module class (live, on the refiner's device)."""
         return (self.G_ema if ema else self.G).module
@@ -351,7 +468,7 @@ class Refiner:
                                   label_probs=self.config.label_probs)
         out = []
         step = batch or self.config.batch
-        with _global_rng_scope(int(seed), self.device):
+        with _global_rng_scope(int(seed), self.device), self._precision_flags():
             for i in range(0, n, step):
                 with self._autocast():
                     out.append(net(z[i:i + step], c[i:i + step]).float().cpu())
@@ -362,7 +479,7 @@ class Refiner:
         import gan_refine
         meta = {
             "gan_refine_version": gan_refine.__version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a TorchVersion object is not plain data
             "method": "diff-instruct" if self.config.loss == "ikl" else self.config.loss,
             "options": self.config.to_dict(),
             "step": self.cur_step,
@@ -436,6 +553,7 @@ class Refiner:
                 scaler.load_state_dict(state[key])
         self.cur_step = int(state["step"])
         self.cur_nimg = int(state["nimg"])
+        self._updated = self.cur_step > 0
         saved_type = state["rng"].get("device_type", "cpu")
         if saved_type != self.device.type:
             raise ValueError(f"the state was saved on a {saved_type} device and cannot continue "

@@ -91,7 +91,7 @@ def test_end_to_end_outputs(pkls, tmp_path):
     for name in ("samples-init.png", "samples-000003.png"):
         with Image.open(os.path.join(run, name)) as im:
             im.load()
-            assert im.size == (16, 16) and im.mode == "RGB"
+            assert im.mode == "RGB" and im.size[0] == im.size[1] >= 16  # 2x2 cells of 8 px, enlarged
 
     # The exported pickle reloads in a process with no gan_refine (our compat folder standing in
     # for the user's own dnnlib/torch_utils), keeps the layout, and its generators have changed.
@@ -122,15 +122,15 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(pkls, tmp_path):
     assert not outdir.exists()
 
 
-def _interrupt_at(monkeypatch, step):
+def _interrupt_at(monkeypatch, step, sig=signal.SIGINT):
     orig = Refiner.step
 
-    def step_then_ctrl_c(self):
+    def step_then_signal(self):
         stats = orig(self)
         if self.cur_step == step:
-            os.kill(os.getpid(), signal.SIGINT)  # handled by the CLI: finish, snapshot, exit
+            os.kill(os.getpid(), sig)  # handled by the run: finish, snapshot, exit
         return stats
-    monkeypatch.setattr(Refiner, "step", step_then_ctrl_c)
+    monkeypatch.setattr(Refiner, "step", step_then_signal)
 
 
 def _weights(pkl):
@@ -138,24 +138,30 @@ def _weights(pkl):
     return {f"{k}.{n}": t for k in ("G", "G_ema") for n, t in data[k].state_dict().items()}
 
 
-def test_ctrl_c_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch, sig):
     args = ["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.016, "--snap", 1,
             "--lr-gen", 1e-3, "--teacher-mode", "train"] + FAST
     r = invoke(args + ["--outdir", tmp_path / "full"])
     assert r.exit_code == 0, r.output
     (full,) = run_dirs(tmp_path / "full")
 
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with monkeypatch.context() as m:
-        _interrupt_at(m, 2)
+        _interrupt_at(m, 2, sig)
         r = invoke(args + ["--outdir", tmp_path / "cut"])
     assert r.exit_code == 0, r.output
-    assert "Interrupted after step 2" in r.output and "--resume" in r.output
+    assert f"Stopped by {signal.Signals(sig).name} after step 2" in r.output and "--resume" in r.output
     (cut,) = run_dirs(tmp_path / "cut")
     assert "network-snapshot-000002.pkl" in os.listdir(cut) and load_state(cut)["step"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    # The handlers the process had before (whatever the shell gave it) are back.
+    assert {s: signal.getsignal(s) for s in before} == before
 
-    # Only --resume and the new length: generator, teacher and settings come from the state.
-    r = invoke(["--resume", cut, "--kimg", 0.016, "--outdir", tmp_path / "cut", "--grid", 2])
+    # The printed command: --resume and the networks again; length, outputs and settings
+    # come from the state (the interrupted run's own --kimg, --outdir and --grid).
+    hint = r.output.split("continue with: ", 1)[1].split()
+    assert hint[:2] == ["gan-refine", "--resume"]
+    r = invoke(hint[1:])
     assert r.exit_code == 0, r.output
     resumed = run_dirs(tmp_path / "cut")[1]
     a = _weights(os.path.join(full, "network-snapshot-000004.pkl"))
@@ -166,7 +172,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch
     opts = json.load(open(os.path.join(resumed, "refine_options.json")))
     assert opts["refine"]["teacher_mode"] == "train" and opts["resolved"]["start_step"] == 2
 
-    r = invoke(["--resume", cut, "--kimg", 0.004, "--outdir", tmp_path / "cut"])
+    r = invoke(hint[1:] + ["--kimg", 0.004])
     assert r.exit_code == 1 and "raise --kimg" in r.output
 
 
@@ -201,7 +207,14 @@ def test_nan_in_generator_stops_with_one_line_and_keeps_last_snapshot(pkls, tmp_
     ("labels", "class-conditional with 3 labels but the teacher is unconditional"),
     ("missing", "no such file"),
     ("unknown", "is not a file, a URL or a model name"),
-    ("kimg0", "--kimg must be greater than 0"),
+    ("kimg0", "--kimg must be a finite number greater than 0"),
+    ("kimg_inf", "--kimg must be a finite number greater than 0"),
+    ("snap_inf", "--snap must be a finite number greater than 0"),
+    ("seed_huge", "--seed"),
+    ("device", "--device 'foo' is not a device"),
+    ("probs_negative", "non-negative class weights"),
+    ("probs_zero", "non-negative class weights"),
+    ("outdir_under_file", "cannot create the run folder there"),
     ("no_edm_match", "no edm teacher"),
     ("precision", "needs a CUDA device"),
     ("label_probs", "--label-probs"),
@@ -225,7 +238,17 @@ def test_bad_inputs_give_one_line_errors_and_no_files(pkls, tmp_path, case, patt
         extra = ["--precision", "fp16"]
     elif case == "label_probs":
         extra = ["--label-probs", "1,x"]
+    else:
+        extra = {"kimg_inf": ["--kimg", "inf"], "snap_inf": ["--snap", "inf"],
+                 "seed_huge": ["--seed", str(2 ** 70)], "device": ["--device", "foo"],
+                 "probs_negative": ["--label-probs", "1,-1,1"], "probs_zero": ["--label-probs", "0,0,0"],
+                 "outdir_under_file": []}[case]
+        if case.startswith("probs"):
+            gen, teacher = pkls["gen_cond"], pkls["teacher"]
     outdir = tmp_path / "runs"
+    if case == "outdir_under_file":
+        (tmp_path / "a-file").write_text("not a folder")
+        outdir = tmp_path / "a-file" / "runs"
     r = invoke(["--gen", gen, "--teacher", teacher, "--outdir", outdir] + FAST + extra)
     assert r.exit_code != 0
     lines = [line for line in r.output.splitlines() if line.strip()]

@@ -1,0 +1,489 @@
+"""The refinement run: load, refine, and write every output of one run folder.
+
+`launch(run)` is what `gan-refine` calls and what a Python user calls for the same run with
+the same outputs (snapshots, resume state, sample grids, stats.jsonl, metrics.jsonl):
+
+    from gan_refine.config import RunConfig, RefineConfig
+    from gan_refine.training_loop import launch
+    launch(RunConfig(gen="network.pkl", teacher="edm", kimg=50, refine=RefineConfig(batch=64)))
+    launch(run, generator=G, teacher=net)     # in-memory networks instead of pickle names
+
+Under torchrun every process calls launch() with the same options; the batch is split
+between them and rank 0 writes the outputs (see gan_refine.distributed). Errors a person must
+fix raise RunError, whose message is one line; the CLI prints it and exits with status 1.
+"""
+
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+from . import distributed
+
+__all__ = ["launch", "RunError", "StopRequest", "resolve_metrics"]
+
+
+class RunError(Exception):
+    """A problem with the run's inputs or outputs, described in one line."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _say(dist, message):
+    if dist.is_main:
+        from tqdm.auto import tqdm
+        tqdm.write(message, file=sys.stderr)  # keeps the line apart from a live progress bar
+
+
+# ---------------------------------------------------------------------------- sources
+
+def _resolve_source(src, what):
+    """Name -> URL or path, checked; one-line error for unknown names, missing files, folders."""
+    from .pickles import resolve_source
+    try:
+        return resolve_source(src)
+    except FileNotFoundError:
+        raise RunError(f"--{what}: no such file: {os.fspath(src)} (give a path, a URL or a name "
+                       f"from pretrained_urls.json)") from None
+    except (OSError, ValueError) as err:
+        raise RunError(f"--{what}: {err}") from None
+
+
+def _load(target, what, dist):
+    """Load a network pickle; rank 0 first, so only it downloads into the cache."""
+    from .pickles import load_network_pkl
+    try:
+        with dist.main_first(f"loading --{what}"):
+            return load_network_pkl(target)
+    except (OSError, ValueError) as err:
+        raise RunError(f"--{what}: {err}") from None
+
+
+def _generator_adapter(data, gen_key):
+    from .adapters import as_generator
+    try:
+        return as_generator(data, which=gen_key)
+    except (TypeError, ValueError) as err:
+        raise RunError(f"--gen: {err}") from None
+
+
+def _pick_teacher(gen, selector):
+    from . import pretrained
+    try:
+        return pretrained.find_teacher(selector, gen.img_resolution, gen.img_channels, gen.c_dim)
+    except ValueError as err:
+        raise RunError(f"--teacher {selector}: {err}") from None
+
+
+def _next_run_dir(outdir, desc):
+    try:
+        os.makedirs(outdir, exist_ok=True)
+        ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in os.listdir(outdir)) if m]
+        run_id = max(ids, default=-1) + 1
+        while True:  # another process may take the same number at the same moment
+            path = os.path.join(outdir, f"{run_id:05d}-{desc}")
+            try:
+                os.makedirs(path)
+                return path
+            except FileExistsError:
+                run_id += 1
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise RunError(f"--outdir {outdir}: cannot create the run folder there ({reason}); "
+                       f"choose a writable folder with --outdir") from None
+
+
+def _stem(src):
+    base = os.path.basename(str(src).split("?")[0].rstrip("/")) or "gen"
+    base = re.sub(r"\.(pkl|pickle)$", "", base)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40]
+
+
+# ---------------------------------------------------------------------------- signals
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (Slurm, Kubernetes, `timeout`): finish the step, write a
+    snapshot and exit. A second Ctrl-C more than two seconds after the first aborts at once;
+    repeats within two seconds are ignored, because torchrun forwards the terminal's Ctrl-C to
+    its workers, which then see it twice."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_GRACE_S = 2.0
+
+    def __init__(self, announce=True):
+        self.requested = None      # the name of the signal that asked to stop
+        self.announce = announce
+        self._first = None
+        self._previous = {}
+
+    def __call__(self, signum, frame):
+        now = time.monotonic()
+        if self.requested is not None:
+            if signum == signal.SIGINT and now - self._first > self.REPEAT_GRACE_S:
+                raise KeyboardInterrupt
+            return
+        self.requested = signal.Signals(signum).name
+        self._first = now
+        if self.announce:
+            print(f"\n{self.requested} received: finishing this step and writing a snapshot "
+                  f"(press Ctrl-C again to abort without one).", file=sys.stderr, flush=True)
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+# ---------------------------------------------------------------------------- metrics plan
+
+def resolve_metrics(run, gen_target):
+    """The evaluation plan of --metrics (reference, detector, sample count), checked before any
+    work starts; None without --metrics."""
+    if not run.metrics:
+        return None
+    from . import pretrained
+    from .metrics.detectors import INCEPTION
+    ref, ref_entry = run.metrics_ref, None
+    if ref == "auto":
+        gen_entry = pretrained.entry_for(run.gen) or pretrained.entry_for(gen_target)
+        name = gen_entry and pretrained.find_fid_ref(gen_entry["dataset"], gen_entry["resolution"])
+        if not name:
+            what = (f"data set {gen_entry['dataset']!r} at {gen_entry['resolution']} px" if gen_entry
+                    else f"{run.gen} (not a model in the table)")
+            raise RunError(f"--metrics-ref auto: the table has no reference statistics for {what}; "
+                           f"give --metrics-ref (a statistics .npz with mu/sigma, an image folder "
+                           f"or an array)")
+        ref = name
+    if not os.path.exists(ref):
+        ref_entry = pretrained.lookup(ref)
+        if ref_entry is not None and ref_entry["role"] != "fid-ref":
+            raise RunError(f"--metrics-ref {ref}: that table entry is a {ref_entry['role']}, not "
+                           f"reference statistics")
+        if ref_entry is None and "://" not in ref:
+            raise RunError(f"--metrics-ref: no such file or folder: {ref} (give a statistics .npz, "
+                           f"an image folder or array, a URL, or a 'fid-ref' name from "
+                           f"pretrained_urls.json)")
+    from .metrics.compute import check_reference, load_ref_stats
+    try:
+        ref_is_stats = check_reference(run.metrics, ref)
+    except ValueError as err:
+        raise RunError(f"--metrics {','.join(run.metrics)}: {err}; give image files as "
+                       f"--metrics-ref") from None
+    detector = run.metrics_detector
+    if detector == "auto":
+        recorded = None
+        if ref_entry is None and ref_is_stats and os.path.isfile(ref):
+            try:  # a statistics file gan_refine wrote names its detector
+                recorded = load_ref_stats(ref).get("detector")
+            except (OSError, ValueError):
+                pass  # compute_metrics reports an unreadable file in one line
+        detector = (ref_entry or {}).get("detector") or recorded or INCEPTION
+    num = run.metrics_num or (ref_entry or {}).get("eval_num") or 50000
+    return dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
+
+
+# ---------------------------------------------------------------------------- launch
+
+def launch(run, state=None, dry_run=False, progress=True, *, generator=None, teacher=None,
+           process_group=None):
+    """Refine as `run` (a RunConfig) says and write the run folder; returns its path (None
+    for a dry run, and on ranks other than 0).
+
+    generator / teacher: in-memory networks (pickle dicts, adapters or modules) to use instead
+    of loading run.gen / run.teacher. state: a refine-state dict to continue from.
+    process_group: an initialised torch.distributed group to run on; by default the one
+    torchrun describes in the environment, else a single process.
+    """
+    if process_group is not None:
+        dist = distributed.from_group(process_group, run.dist_timeout)
+        device = run.refine.device
+    else:
+        try:
+            dist, device = distributed.from_env(run.refine.device, run.dist_timeout)
+        except (ValueError, distributed.DistributedError) as err:
+            raise RunError(err) from None
+    try:
+        return _launch(run, dist, device, state, dry_run, progress, generator, teacher)
+    except distributed.DistributedError as err:
+        raise RunError(err) from None
+    finally:
+        dist.close()
+
+
+def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
+    from .adapters import IncompatibleModelsError
+    from .refiner import NonFiniteError, Refiner, steps_for_kimg
+
+    if dist.enabled and run.refine.batch % dist.world_size:
+        raise RunError(f"--batch {run.refine.batch} is the global batch, split evenly over the "
+                       f"{dist.world_size} processes; give a multiple of {dist.world_size}")
+    gen_data, gen_target = generator, "<in-memory generator>"
+    if generator is None:
+        gen_target = _resolve_source(run.gen, "gen")
+    teacher_src, teacher_target = run.teacher, "<in-memory teacher>"
+    if teacher is None:
+        from . import pretrained
+        # A family or data-set word ('edm', 'digits') means: the table's teacher that fits --gen.
+        if not os.path.exists(teacher_src) and teacher_src.lower() in pretrained.teacher_selectors():
+            if gen_data is None:
+                gen_data = _load(gen_target, "gen", dist)
+            teacher_src = _pick_teacher(_generator_adapter(gen_data, run.gen_key), teacher_src.lower())
+        teacher_target = _resolve_source(teacher_src, "teacher")
+    steps = steps_for_kimg(run.kimg, run.refine.batch)
+    snap_steps = max(1, int(round(run.snap * 1000 / run.refine.batch)))
+    evaluation = resolve_metrics(run, gen_target)
+    resolved = dict(run.to_dict(), resolved=dict(gen=gen_target, teacher=teacher_target,
+                                                 teacher_name=teacher_src, steps=steps,
+                                                 snap_steps=snap_steps, metrics=evaluation,
+                                                 world_size=dist.world_size,
+                                                 batch_per_process=run.refine.batch // dist.world_size))
+    if dry_run:
+        if dist.is_main:
+            print(json.dumps(resolved, indent=2, sort_keys=True))
+        return None
+
+    if gen_data is None:
+        gen_data = _load(gen_target, "gen", dist)
+    teacher_data = teacher if teacher is not None else _load(teacher_target, "teacher", dist)
+    try:
+        refiner = Refiner(gen_data, teacher_data, run.refine.replace(device=device),
+                          gen_key=run.gen_key, dist=dist)
+    except IncompatibleModelsError as err:
+        raise RunError(err) from None
+    except (TypeError, ValueError) as err:
+        raise RunError(err) from None
+    probs = run.refine.label_probs
+    if probs is not None and len(probs) != refiner.G.c_dim:
+        raise RunError(f"--label-probs has {len(probs)} weights but the generator has "
+                       f"{refiner.G.c_dim} classes")
+    if state is not None:
+        try:
+            refiner.load_state_dict(state)
+        except (ValueError, RuntimeError, KeyError) as err:
+            raise RunError(f"--resume: {str(err).splitlines()[0]}") from None
+        if refiner.cur_step >= steps:
+            raise RunError(f"--resume: that run already made {refiner.cur_step} steps "
+                           f"({refiner.cur_nimg / 1000:g} kimg); raise --kimg above "
+                           f"{refiner.cur_nimg / 1000:g} to continue it")
+
+    from . import __version__
+    import torch
+
+    def portable(target):  # so --resume works from any working directory
+        return target if "://" in target or target.startswith("<") else os.path.abspath(target)
+    run_info = dict(gen=portable(gen_target), teacher=portable(teacher_target),
+                    gen_name=run.gen, teacher_name=run.teacher, gen_key=run.gen_key,
+                    kimg=run.kimg, snap=run.snap, grid=run.grid, outdir=os.path.abspath(run.outdir),
+                    metrics=run.metrics, metrics_ref=run.metrics_ref, metrics_num=run.metrics_num,
+                    metrics_detector=run.metrics_detector, world_size=dist.world_size)
+
+    def make_run_dir():
+        run_dir = _next_run_dir(run.outdir, f"{_stem(run.gen or 'gen')}-{run.refine.loss}-kimg{run.kimg:g}")
+        from .snapshot import atomic_write_json
+        resolved["resolved"].update(run_dir=run_dir, device=str(refiner.device),
+                                    start_step=refiner.cur_step, gan_refine=__version__,
+                                    torch=str(torch.__version__))
+        try:
+            atomic_write_json(os.path.join(run_dir, "refine_options.json"), resolved)
+        except OSError as err:
+            raise RunError(err) from None
+        return run_dir
+    run_dir = dist.on_main(make_run_dir, "creating the run folder")
+    _say(dist, f"Refining {run.gen or gen_target} against {teacher_src} on {refiner.device} "
+               f"({dist.describe()}); {steps} steps of {run.refine.batch} images; outputs in {run_dir}")
+
+    writer = RunOutputs(refiner, run_dir, run, run_info, evaluation, dist)
+    try:
+        writer.grid("init")
+        writer.evaluate(None)
+    except NonFiniteError as err:
+        raise RunError(err) from None
+
+    stop = StopRequest(announce=dist.is_main).install()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=refiner.cur_step, unit="step",
+               disable=not (progress and dist.is_main), dynamic_ncols=True, file=sys.stderr)
+    t_start = time.time()
+    last_snap = None
+    stopped = None
+    try:
+        while refiner.cur_step < steps:
+            try:  # a NaN in the step or in the snapshot's samples ends the run the same way
+                stats = refiner.step()
+                stats["time"] = time.time() - t_start
+                writer.log_stats(stats)
+                bar.update(1)
+                bar.set_postfix({"kimg": f"{stats['kimg']:.4g}", "gap": f"{stats.get('gap/mean', 0):.3g}"},
+                                refresh=False)
+                stopped = _agree_on_stop(dist, stop, refiner.device)
+                done = refiner.cur_step >= steps
+                if done or stopped or refiner.cur_step % snap_steps == 0:
+                    last_snap = writer.snapshot()
+            except NonFiniteError as err:
+                bar.close()
+                where = f"the last good snapshot is {last_snap}" if last_snap else "no snapshot was written"
+                raise RunError(f"{err}; {where}") from None
+            if stopped:
+                break
+    except distributed.DistributedError as err:
+        where = f"the last snapshot is {last_snap}" if last_snap else "no snapshot was written"
+        raise RunError(f"{err}; {where}") from None
+    finally:
+        bar.close()
+        stop.restore()
+    writer.before_after()
+    if stopped:
+        _say(dist, f"Stopped by {stopped} after step {refiner.cur_step}: wrote {last_snap}; continue "
+                   f"with: {resume_command(run, run_dir)}")
+    else:
+        _say(dist, f"Done: {last_snap}")
+    writer.summary()
+    return run_dir if dist.is_main else None
+
+
+def resume_command(run, run_dir):
+    """The command line that continues this run (it names the networks again: a state file
+    is data, and resuming never loads a network named only inside it)."""
+    import shlex
+    parts = ["gan-refine", "--resume", os.path.join(run_dir, "refine-state.pt")]
+    if run.gen:
+        parts += ["--gen", run.gen]
+    if run.teacher:
+        parts += ["--teacher", run.teacher]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _agree_on_stop(dist, stop, device):
+    """The name of the signal that stops the run, the same on every rank (a signal may reach
+    only some of them: another node's Ctrl-C, or SIGTERM to one process)."""
+    if not dist.enabled:
+        return stop.requested
+    import torch
+    names = [s.name for s in StopRequest.SIGNALS]
+    code = names.index(stop.requested) + 1 if stop.requested else 0
+    flag = torch.tensor([code], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op="max", what="checking for a stop request")
+    code = int(flag.item())
+    return names[code - 1] if code else None
+
+
+class RunOutputs:
+    """Sample grids, refined pickles, state files and logs of one run folder.
+
+    Every rank holds one; only rank 0 writes. Evaluations run on every rank (each generates a
+    slice of the images), so `evaluate` and `snapshot` are collective calls.
+    """
+
+    GRID_SEED = 0  # fixed, so every grid of every run shows the same latents
+
+    def __init__(self, refiner, run_dir, run, run_info, evaluation=None, dist=None):
+        self.r, self.dir, self.run, self.run_info = refiner, run_dir, run, run_info
+        self.dist = dist or distributed.Dist()
+        self.evaluation = evaluation
+        self.ref = None            # the --metrics reference, its image features computed once
+        self.results = []          # (step, metrics dict) of every evaluation of this run
+        self.first_grid = None     # the images of samples-init.png, for the before/after grid
+        self.last_grid = None
+
+    def _on_main(self, fn, what):
+        return self.dist.on_main(fn, what)
+
+    def log_stats(self, stats):
+        if self.dist.is_main:
+            with open(os.path.join(self.dir, "stats.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(stats) + "\n")
+
+    def _checked_samples(self, n):
+        from .refiner import NonFiniteError
+        images = self.r.sample(n, seed=self.GRID_SEED)
+        if not images.isfinite().all():
+            raise NonFiniteError(f"the refined generator makes NaN/inf images at step {self.r.cur_step}; "
+                                 f"not writing this snapshot (lower --lr-gen or add --grad-clip)")
+        return images
+
+    def grid(self, tag):
+        self._on_main(lambda: self.grid_local(tag), "writing a sample grid")
+
+    def before_after(self):
+        """samples-before-after.png: the first grid of this run beside its last (same latents)."""
+        if not self.dist.is_main:
+            return
+        from .images import save_image_pair
+        if self.first_grid is not None and self.r.cur_step > 0:
+            scale = max(1, 64 // self.first_grid.shape[-1])  # digits are 16 px: show them at 64
+            save_image_pair(self.first_grid, self.last_grid,
+                            os.path.join(self.dir, "samples-before-after.png"), cols=self.run.grid,
+                            scale=scale)
+
+    def evaluate(self, pkl):
+        """Compute --metrics for G_ema now (every rank generates a share of the images); rank 0
+        appends them to metrics.jsonl and prints one line."""
+        if self.evaluation is None:
+            return None
+        from .metrics.parallel import evaluate_generator
+        ev = self.evaluation
+        self.r.sync_ema()
+        try:
+            res, self.ref = evaluate_generator(self.r.refined_generator(), ev, self.ref, self.r.device,
+                                               self.dist)
+        except (OSError, ValueError, RuntimeError) as err:
+            if isinstance(err, distributed.DistributedError):
+                raise
+            raise RunError(f"--metrics: {str(err).splitlines()[0]}") from None
+        if not self.dist.is_main:
+            return None
+        figures = {k: res[k] for k in ("fid", "kid", "kid_std", "precision", "recall") if k in res}
+        line = dict(step=self.r.cur_step, kimg=self.r.cur_nimg / 1000, snapshot_pkl=pkl,
+                    results=figures, num=res.get("num"), detector=res.get("detector"),
+                    ref=ev["ref"], seconds=res.get("seconds"))
+        with open(os.path.join(self.dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        self.results.append((self.r.cur_step, figures))
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
+        _say(self.dist, f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
+                        f"{res.get('detector')})")
+        return figures
+
+    def summary(self):
+        """One line comparing the first and last evaluation of this run."""
+        if len(self.results) < 2:
+            return
+        (s0, first), (s1, last) = self.results[0], self.results[-1]
+        parts = [f"{k.upper()} {first[k]:.4g} -> {last[k]:.4g}" for k in first if k in last and k != "kid_std"]
+        _say(self.dist, f"G_ema at step {s0} vs step {s1}: " + ", ".join(parts))
+
+    def snapshot(self):
+        """Grid, network pickle and resume state (rank 0), then the metrics (every rank)."""
+        step = self.r.cur_step
+
+        def write():  # rank 0 holds the EMA, and every rank's G and fake score are the same
+            from .snapshot import save_state
+            self.grid_local(f"{step:06d}")
+            pkl = os.path.join(self.dir, f"network-snapshot-{step:06d}.pkl")
+            self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
+            save_state(os.path.join(self.dir, "refine-state.pt"), dict(self.r.state_dict(), run=self.run_info))
+            return pkl
+        pkl = self._on_main(write, "writing a snapshot")
+        self.evaluate(os.path.basename(pkl))
+        return pkl
+
+    def grid_local(self, tag):
+        from .images import save_image_grid
+        n = self.run.grid ** 2
+        images = self._checked_samples(max(n, 4))
+        if n:
+            save_image_grid(images[:n], os.path.join(self.dir, f"samples-{tag}.png"), cols=self.run.grid)
+            if self.first_grid is None:
+                self.first_grid = images[:n]
+            self.last_grid = images[:n]
