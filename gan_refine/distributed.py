@@ -14,6 +14,7 @@ rank that dies or stalls makes the others fail with an error instead of waiting 
 import contextlib
 import datetime
 import os
+import re
 
 import torch
 import torch.distributed as tdist
@@ -78,7 +79,8 @@ class Dist:
         except DistributedError:
             raise
         except (RuntimeError, OSError, ValueError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # drop gloo's source-file prefix
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {what} failed because another process "
                 f"stopped or could not be reached within {self.timeout_s:g} s ({first}); see that "

@@ -167,8 +167,12 @@ class Refiner:
         self._G_train, self._fake_train = self.G, self.fake_score
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
+            import inspect
             kw = dict(device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                      broadcast_buffers=False, process_group=self.dist.group)
+                      process_group=self.dist.group)
+            # Buffers are the same on every rank: no need to re-send them at each forward.
+            newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+            kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
             self._G_train = DDP(self.G, **kw)
             self._fake_train = DDP(self.fake_score, **kw)
 
