@@ -1,4 +1,6 @@
-"""Model-family adapters behind one interface (DESIGN.md §3); installed as gan_refine.adapters.
+"""Model-family adapters behind one interface; installed as gan_refine.adapters.
+
+The interface is described in docs/design.md, "The one interface".
 
     from gan_refine.adapters import as_generator, as_teacher, check_compatible
     G = as_generator(pickle_dict)          # StyleGAN G_ema, or any nn.Module with z_dim=...

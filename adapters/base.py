@@ -1,4 +1,5 @@
-"""The one interface between gan_refine and foreign networks (DESIGN.md §3).
+"""The one interface between gan_refine and foreign networks (docs/design.md, "The one
+interface").
 
 A generator adapter turns a latent batch (and one-hot labels) into images in [-1, 1], NCHW,
 float32. A teacher adapter is a denoiser in the EDM convention: D(x; sigma) is the estimate of

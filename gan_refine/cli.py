@@ -71,7 +71,8 @@ class _Command(click.Command):
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue from a refine-state.pt (or the run folder holding it); unset options come from it.")
 @click.option("--metrics", type=str, default="none",
-              help="Evaluate G_ema before refining and at every snapshot: comma-separated fid, kid, pr; or none.")
+              help="Evaluate G_ema before refining and at every snapshot: comma-separated fid, kid, pr "
+                   "(or fid50k_full, kid50k_full, pr50k3_full); or none.")
 @click.option("--metrics-ref", type=str, default=_RUN.metrics_ref,
               help="Reference for --metrics: statistics .npz (mu/sigma), image folder or array, URL, or a "
                    "'fid-ref' name; auto = the table's statistics for the generator's data set.")
@@ -204,11 +205,12 @@ def resolve_run_config(opts, explicit=()):
         if steps_for_kimg(kimg, refine.batch) <= done:
             _fail(f"--resume: that run already made {done} steps ({done * refine.batch / 1000:g} "
                   f"kimg); raise --kimg above {done * refine.batch / 1000:g} to continue it")
-    metrics = _parse_metrics(pick("metrics"))
+    metrics, alias_num = _parse_metrics(pick("metrics"))
+    metrics_num = pick("metrics_num") if ("metrics_num" in explicit or alias_num is None) else alias_num
     run = RunConfig(gen=gen, teacher=opts["teacher"], gen_key=pick("gen_key"),
                     outdir=pick("outdir"), kimg=kimg, snap=snap, grid=int(pick("grid")),
                     resume=opts.get("resume"), metrics=metrics,
-                    metrics_ref=pick("metrics_ref"), metrics_num=pick("metrics_num"),
+                    metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
                     metrics_detector=pick("metrics_detector"), dist_timeout=float(opts["dist_timeout"]),
                     refine=refine)
     return run, state
@@ -233,15 +235,23 @@ def _check_resume_sources(opts, explicit, saved_run):
 
 
 def _parse_metrics(value):
-    """'fid,kid' (or a saved list) -> ['fid', 'kid']; 'none' or '' -> []."""
+    """'fid,kid' or 'fid50k_full' (or a saved list) -> (['fid', 'kid'], image count the names
+    imply or None); 'none' or '' -> ([], None)."""
+    from .metrics import ALIASES, resolve_metric_names
     from .metrics.compute import METRICS
     items = value if isinstance(value, (list, tuple)) else str(value or "").split(",")
     names = [m.strip().lower() for m in items if m.strip() and m.strip().lower() != "none"]
-    bad = [m for m in names if m not in METRICS]
+    bad = [m for m in names if m not in METRICS and m not in ALIASES]
     if bad:
-        _fail(f"--metrics: unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)} "
-              f"(comma-separated) or none")
-    return list(dict.fromkeys(names))
+        _fail(f"--metrics: unknown metric(s) {', '.join(bad)}; choose from "
+              f"{', '.join(list(METRICS) + list(ALIASES))} (comma-separated) or none")
+    if not names:
+        return [], None
+    try:
+        metrics, num, _ = resolve_metric_names(names)
+    except ValueError as err:
+        _fail(f"--metrics: {err}")
+    return list(dict.fromkeys(metrics)), num
 
 
 if __name__ == "__main__":  # pragma: no cover

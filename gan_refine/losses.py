@@ -47,7 +47,8 @@ def gradient_surrogate(x, grad):
 
 
 def fake_score_loss(fake_score, x0, sigma, noise, c, sigma_data):
-    """Denoising score matching of the fake score on generator samples (DESIGN.md §5 step 1).
+    """Denoising score matching of the fake score on generator samples (docs/design.md,
+    "The method", step 1).
 
     per_sample[i] = lambda(sigma_i) * sum_j (D_phi(x_i; sigma_i) - x0_i)_j^2 with x0 detached,
     so only the fake score's parameters receive gradients.
@@ -62,7 +63,7 @@ def fake_score_loss(fake_score, x0, sigma, noise, c, sigma_data):
 
 
 def ikl_generator_loss(fake_score, teacher, x0, sigma, noise, c, normalize="none"):
-    """Integral-KL generator loss of Diff-Instruct (DESIGN.md §5 step 2).
+    """Integral-KL generator loss of Diff-Instruct (docs/design.md, "The method", step 2).
 
     With x = x0 + sigma * noise and, under no_grad, g = D_phi(x) - D_T(x)
     (= sigma^2 (score_phi - score_T)), returns gradient_surrogate(x0, g): the gradient of the

@@ -15,7 +15,7 @@ import io
 import os
 import pickle
 import pickletools
-import zipfile
+import sys
 
 from . import compat as _compat
 from .snapshot import atomic_write_bytes
@@ -23,7 +23,7 @@ from .snapshot import atomic_write_bytes
 _compat.install()
 
 __all__ = ["load_network_pkl", "save_network_pkl", "resolve_source", "stream_globals", "describe",
-           "NetworkPickleError", "pickle_layout"]
+           "NetworkPickleError", "PickleCodeError", "pickle_layout"]
 
 # Module prefixes an exported stream may reference: what upstream loaders can import.
 ALLOWED_MODULE_PREFIXES = ("torch", "numpy", "collections", "builtins", "copyreg", "_codecs",
@@ -37,6 +37,10 @@ LAYOUTS = {
 
 class NetworkPickleError(ValueError):
     """The file is not a network pickle we can use; the message says what it is and what to do."""
+
+
+class PickleCodeError(NetworkPickleError):
+    """The Python code stored inside a network pickle raised while the pickle was loading."""
 
 
 def pickle_layout(data):
@@ -53,11 +57,15 @@ def pickle_layout(data):
 class _NetworkUnpickler(pickle.Unpickler):
     """Maps names that moved between library versions; rejects TensorFlow-era pickles."""
 
+    def __init__(self, file, display_name="the pickle"):
+        super().__init__(file)
+        self.display_name = display_name
+
     def find_class(self, module, name):
         if module.startswith("dnnlib.tflib") or module.startswith("tensorflow"):
             raise NetworkPickleError(
-                "this is a TensorFlow-era StyleGAN/StyleGAN2 pickle (dnnlib.tflib networks), which "
-                "holds TensorFlow graphs, not PyTorch modules; convert it first with the "
+                f"{self.display_name} is a TensorFlow-era StyleGAN/StyleGAN2 pickle (dnnlib.tflib "
+                "networks), which holds TensorFlow graphs, not PyTorch modules; convert it first with the "
                 "stylegan2-ada-pytorch repository's legacy.py (--source old.pkl --dest new.pkl) "
                 "and pass the converted file")
         # numpy 2 writes numpy._core.*, numpy 1 wrote numpy.core.*: accept either on either.
@@ -91,11 +99,118 @@ def resolve_source(src):
 
 
 def _open_source(src, verbose):
-    """Resolve a path, URL or pretrained name to an open binary file and a display name."""
+    """Resolve a path, URL or pretrained name to an open binary file and a display name.
+
+    A table entry's sha256 is checked for local and shipped files too, not only downloads.
+    """
     from . import pretrained
     from .compat.dnnlib import util as dl  # our downloader, whoever provides `dnnlib`
     target = resolve_source(src)
-    return dl.open_url(target, verbose=verbose, sha256=pretrained.expected_sha256(target)), target
+    sha256 = pretrained.verify_local(target)
+    return dl.open_url(target, verbose=verbose, sha256=sha256), target
+
+
+def _one_line(text, limit=160):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# Where embedded code runs: upstream's persistence and ours both rebuild objects in a function of
+# this name, and exec the stored source into modules named like this.
+_RECONSTRUCT = "_reconstruct_persistent_obj"
+_EXEC_MODULE_PREFIX = "_imported_module_"
+
+
+def _embedded_origin(err):
+    """(class name, line in its stored source) if `err` came from code stored in the pickle.
+
+    Returns None for errors of the stream itself. The class name or line may be None.
+    """
+    class_name, line, inside = None, None, False
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == _RECONSTRUCT:
+            inside = True
+            meta = frame.f_locals.get("meta")
+            class_name = meta.get("class_name") if isinstance(meta, dict) else class_name
+        elif inside and (frame.f_code.co_filename == "<string>"
+                         or str(frame.f_globals.get("__name__", "")).startswith(_EXEC_MODULE_PREFIX)):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if isinstance(err, SyntaxError) and err.filename == "<string>":
+        line = err.lineno
+    return (class_name, line) if inside else None
+
+
+def _embedded_code_error(name, err, origin):
+    class_name, line = origin
+    where = ", ".join(x for x in (f"class {class_name}" if class_name else "",
+                                  f"line {line} of its stored source" if line else "") if x)
+    text = err.msg if isinstance(err, SyntaxError) else err  # its str repeats '<string>, line N'
+    what = f"{type(err).__name__}: {_one_line(text) or 'no message'}" + (f"; {where}" if where else "")
+    if isinstance(err, ImportError):
+        missing = getattr(err, "name", None)
+        advice = (f"install the package that provides {missing!r}" if missing else
+                  "install the package its code imports") + \
+            ", or put the repository that made the pickle on PYTHONPATH"
+    else:
+        advice = ("re-export it with the tool that made it, and check that it is a StyleGAN2-ADA, "
+                  "StyleGAN3 or EDM network pickle")
+    return PickleCodeError(f"{name}: the code stored inside this network pickle failed while "
+                           f"loading ({what}); this is the pickle's own code, not gan_refine's: "
+                           f"{advice}")
+
+
+def _persistence_caches():
+    """persistence's source -> module cache, from whichever torch_utils is in use (or None)."""
+    module = sys.modules.get("torch_utils.persistence")
+    cache = getattr(module, "_src_to_module_dict", None)
+    return (module, cache) if isinstance(cache, dict) else (None, None)
+
+
+def _forget_modules_since(known):
+    """Drop modules that persistence executed since `known` (a set of sources) was taken.
+
+    persistence caches a module before executing its source, so after a failed exec the cache
+    holds a half-run module, and a second load of the same pickle would quietly reuse it (and
+    succeed, if the failure came after the class definitions). Forgetting the modules of a
+    failed load makes every retry run the stored source again and fail the same way.
+    """
+    module, cache = _persistence_caches()
+    if cache is None:
+        return
+    for src in [s for s in cache if s not in known]:
+        mod = cache.pop(src)
+        getattr(module, "_module_to_src_dict", {}).pop(mod, None)
+        if sys.modules.get(getattr(mod, "__name__", None)) is mod:
+            del sys.modules[mod.__name__]
+
+
+def _unpickle(f, name):
+    """Unpickle a network stream, turning every failure into a one-line NetworkPickleError."""
+    cache = _persistence_caches()[1]
+    known = set(cache) if cache is not None else set()
+    try:
+        return _NetworkUnpickler(f, name).load()
+    except NetworkPickleError:
+        _forget_modules_since(known)
+        raise
+    except (Exception, SystemExit) as err:  # embedded code may raise anything, even SystemExit
+        _forget_modules_since(known)
+        origin = _embedded_origin(err)
+        if origin is not None:
+            raise _embedded_code_error(name, err, origin) from err
+        if isinstance(err, SystemExit):
+            raise
+        if isinstance(err, (ModuleNotFoundError, AttributeError)):
+            raise NetworkPickleError(
+                f"{name} references code that is not available here ({_one_line(err)}); it is not a "
+                "StyleGAN2-ADA/StyleGAN3/EDM network pickle, or it needs its own repository on "
+                "PYTHONPATH") from err
+        detail = type(err).__name__ + (f": {_one_line(err)}" if _one_line(err) else "")
+        raise NetworkPickleError(f"{name} is truncated or corrupt ({detail}); download or export "
+                                 "it again") from err
 
 
 def load_network_pkl(src, *, verbose=False):
@@ -103,7 +218,9 @@ def load_network_pkl(src, *, verbose=False):
 
     Returns the pickled dict unchanged. Raises NetworkPickleError with a one-line explanation
     for TensorFlow-era pickles, torch.save checkpoints, truncated/corrupt files and pickles
-    that are not StyleGAN/EDM network dicts. Executes code stored in the pickle.
+    that are not StyleGAN/EDM network dicts; PickleCodeError (a NetworkPickleError) when code
+    stored in the pickle raises; dnnlib.util.ChecksumError (an OSError) when a file listed in
+    pretrained_urls.json with a sha256 does not match. Executes code stored in the pickle.
     """
     f, name = _open_source(src, verbose)
     with f:
@@ -113,20 +230,12 @@ def load_network_pkl(src, *, verbose=False):
             raise NetworkPickleError(
                 f"{name} is a zip archive (a torch.save checkpoint?), not a network pickle; load it with "
                 "torch.load into your own module and pass the module to the Python API instead")
-        if not head or head[0] != 0x80:
+        if not head:
+            raise NetworkPickleError(f"{name} is empty (0 bytes); download or export it again")
+        if head[0] != 0x80:
             raise NetworkPickleError(f"{name} is not a pickle file (it does not start with a pickle header); "
                                      "check that you passed the right file and that the download completed")
-        try:
-            data = _NetworkUnpickler(f).load()
-        except NetworkPickleError:
-            raise
-        except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-            raise NetworkPickleError(f"{name} is truncated or corrupt ({type(err).__name__}: {err}); "
-                                     "download it again") from err
-        except (ModuleNotFoundError, AttributeError) as err:
-            raise NetworkPickleError(f"{name} references code that is not available here ({err}); it is not a "
-                                     "StyleGAN2-ADA/StyleGAN3/EDM network pickle, or it needs its own repository "
-                                     "on PYTHONPATH") from err
+        data = _unpickle(f, name)
     if isinstance(data, tuple) and len(data) == 3:
         raise NetworkPickleError(f"{name} holds a 3-tuple (a TensorFlow-era StyleGAN pickle layout); convert it "
                                  "with stylegan2-ada-pytorch's legacy.py first")

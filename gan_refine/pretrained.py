@@ -1,9 +1,12 @@
 """Named pretrained models (pretrained_urls.json): look-up, name resolution, teacher choice.
 
-Every entry has: url, sha256 (null where no published hash is known; such downloads are not
+Every entry has: url, sha256 (null where no published hash is known; such files are not
 verified), family ('stylegan2-ada' | 'stylegan3' | 'edm' | 'inception'), role ('generator' |
 'teacher' | 'detector' | 'fid-ref'), resolution, channels, label_dim, conditional, dataset,
 notes; optionally source, format, variant, config, precond, alt_urls.
+
+A sha256 is checked wherever the file comes from: downloads, local paths and files shipped
+with the package (`package:` urls), each hashed once until it changes (`verify_local`).
 """
 
 import copy
@@ -28,6 +31,7 @@ __all__ = [
     "find_fid_ref",
     "entry_for",
     "expected_sha256",
+    "verify_local",
 ]
 
 REQUIRED_FIELDS = ("url", "sha256", "family", "role", "resolution", "channels", "label_dim",
@@ -183,14 +187,33 @@ def find_teacher(family, img_resolution, img_channels, label_dim, prefer="vp"):
     return matches[0]
 
 
+def _entry_local_path(url):
+    """The local file a table url names (package:, file:// or a plain path), else None."""
+    if url.startswith(PACKAGE_PREFIX):
+        return package_path(url)
+    if url.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+        return unquote(urlparse(url).path)
+    return None if is_url(url) else os.path.expanduser(url)
+
+
+def _entry_for_file(path):
+    """The entry whose url names this local file (package:, file:// or a plain path), else None."""
+    target = os.path.abspath(os.path.expanduser(path))
+    for name, entry in _models().items():
+        local = _entry_local_path(entry["url"])
+        if local is not None and os.path.abspath(local) == target:
+            return dict(copy.deepcopy(entry), name=name)
+    return None
+
+
 def entry_for(source):
-    """The table entry of a model given by name, URL or the path of a shipped file; else None."""
+    """The table entry of a model given by name, URL or the path of a local or shipped file;
+    else None."""
     s = os.fspath(source)
     entry = lookup_url(s) if is_url(s) else lookup(s)
-    if entry is None:
-        entry = next((dict(e, name=n) for n, e in _models().items()
-                      if e["url"].startswith(PACKAGE_PREFIX)
-                      and os.path.abspath(package_path(e["url"])) == os.path.abspath(s)), None)
+    if entry is None and not is_url(s):
+        entry = _entry_for_file(s)
     return entry
 
 
@@ -198,6 +221,43 @@ def expected_sha256(url_or_name):
     """Published sha256 of a model given by name or URL; None when unknown or not in the table."""
     entry = entry_for(url_or_name)
     return None if entry is None else entry["sha256"]
+
+
+def _local_target(s):
+    """(local path, table entry) for a path, file:// URL or name; (None, entry) for other URLs.
+
+    An existing file is matched by its path only, as `resolve` lets an existing file win over a
+    table name: it must not be checked against the hash of a model of the same name.
+    """
+    if is_url(s) and not s.startswith("file://"):
+        return None, lookup_url(s)
+    local = _entry_local_path(s) if s.startswith("file://") else os.path.expanduser(s)
+    if os.path.exists(local):
+        return local, (_entry_for_file(local) or (lookup_url(s) if is_url(s) else None))
+    entry = lookup(s)
+    return (None if entry is None else _entry_local_path(entry["url"])), entry
+
+
+def verify_local(path_or_url):
+    """Check a local or shipped file against its table entry's sha256, hashing it only when the
+    file changed since it last passed (the result is cached in the dnnlib cache folder).
+
+    Accepts a path, file:// URL or table name. Returns the expected sha256 (None when the table
+    has none) so a caller can hand it to `open_url`, which verifies downloads. Raises
+    dnnlib.util.ChecksumError (an OSError) with a one-line message on a mismatch.
+    """
+    from .compat.dnnlib import util as dl
+    local, entry = _local_target(os.fspath(path_or_url))
+    if entry is None or not entry["sha256"]:
+        return None
+    if local is not None and os.path.isfile(local):
+        if entry["url"].startswith(PACKAGE_PREFIX):
+            hint = ("it ships with gan_refine, so reinstall gan_refine to restore it "
+                    "(pip install --force-reinstall --no-deps gan_refine)")
+        else:
+            hint = f"delete it and fetch {entry['name']!r} again"
+        dl.verify_sha256(local, entry["sha256"], hint=hint)
+    return entry["sha256"]
 
 
 def find_fid_ref(dataset, img_resolution):

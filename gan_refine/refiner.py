@@ -168,8 +168,10 @@ class Refiner:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             import inspect
+            # find_unused_parameters: EDM teachers carry an augmentation-label mapping that
+            # refinement never feeds, so some fake-score parameters get no gradient.
             kw = dict(device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                      process_group=self.dist.group)
+                      process_group=self.dist.group, find_unused_parameters=True)
             # Buffers are the same on every rank: no need to re-send them at each forward.
             newer = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
             kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
@@ -547,9 +549,13 @@ class Refiner:
             detail = ", ".join(f"{k}: saved {saved[k]!r} vs now {mine[k]!r}" for k in diff)
             raise ValueError(f"the state was saved with different refine options ({detail}); "
                              f"use the same options to resume")
-        self.G.load_state_dict(state["G"])
-        self.G_ema.load_state_dict(state["G_ema"])
-        self.fake_score.load_state_dict(state["fake_score"])
+        from .snapshot import describe_state_mismatch
+        for part, net, what in (("G", self.G, "this generator"), ("G_ema", self.G_ema, "this generator"),
+                                ("fake_score", self.fake_score, "this teacher")):
+            try:
+                net.load_state_dict(state[part])
+            except RuntimeError as err:  # torch's message spans many lines: one line that counts
+                raise ValueError(describe_state_mismatch(err, part=part, target=what)) from None
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_fake.load_state_dict(state["opt_fake"])
         for scaler, key in ((self.scaler_G, "scaler_G"), (self.scaler_fake, "scaler_fake")):

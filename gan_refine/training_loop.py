@@ -153,7 +153,6 @@ def resolve_metrics(run, gen_target):
     if not run.metrics:
         return None
     from . import pretrained
-    from .metrics.detectors import INCEPTION
     ref, ref_entry = run.metrics_ref, None
     if ref == "auto":
         gen_entry = pretrained.entry_for(run.gen) or pretrained.entry_for(gen_target)
@@ -174,22 +173,18 @@ def resolve_metrics(run, gen_target):
             raise RunError(f"--metrics-ref: no such file or folder: {ref} (give a statistics .npz, "
                            f"an image folder or array, a URL, or a 'fid-ref' name from "
                            f"pretrained_urls.json)")
-    from .metrics.compute import check_reference, load_ref_stats
+    from .metrics import default_detector, default_num
+    from .metrics.compute import check_reference
     try:
-        ref_is_stats = check_reference(run.metrics, ref)
+        check_reference(run.metrics, ref)
     except ValueError as err:
         raise RunError(f"--metrics {','.join(run.metrics)}: {err}; give image files as "
                        f"--metrics-ref") from None
+    # The same defaults as gan-refine-metrics for the same reference.
     detector = run.metrics_detector
     if detector == "auto":
-        recorded = None
-        if ref_entry is None and ref_is_stats and os.path.isfile(ref):
-            try:  # a statistics file gan_refine wrote names its detector
-                recorded = load_ref_stats(ref).get("detector")
-            except (OSError, ValueError):
-                pass  # compute_metrics reports an unreadable file in one line
-        detector = (ref_entry or {}).get("detector") or recorded or INCEPTION
-    num = run.metrics_num or (ref_entry or {}).get("eval_num") or 50000
+        detector = default_detector(ref, ref_entry)
+    num = run.metrics_num or default_num(ref, ref_entry)
     return dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
 
 
@@ -299,6 +294,16 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
         except OSError as err:
             raise RunError(err) from None
         return run_dir
+    def check_space():  # fail now, not at the first snapshot with nothing resumable written
+        from .snapshot import check_free_space, clean_stale_temp_files
+        if run.resume:  # what a killed run left half-written in the folder it is resumed from
+            folder = run.resume if os.path.isdir(run.resume) else os.path.dirname(os.path.abspath(run.resume))
+            clean_stale_temp_files(folder)
+        try:
+            check_free_space(run.outdir, _snapshot_bytes(refiner, gen_target))
+        except OSError as err:
+            raise RunError(err) from None
+    dist.on_main(check_space, "checking the free disk space")
     run_dir = dist.on_main(make_run_dir, "creating the run folder")
     _say(dist, f"Refining {run.gen or gen_target} against {teacher_src} on {refiner.device} "
                f"({dist.describe()}); {steps} steps of {run.refine.batch} images; outputs in {run_dir}")
@@ -378,6 +383,24 @@ def _agree_on_stop(dist, stop, device):
     return names[code - 1] if code else None
 
 
+def _write(fn, *args):
+    """A write of the run's outputs; a full disk or a lost folder becomes one line."""
+    try:
+        return fn(*args)
+    except OSError as err:
+        raise RunError(err) from None
+
+
+def _snapshot_bytes(refiner, gen_target):
+    """About what one snapshot pickle plus one state file take on disk."""
+    def size(module):
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    g, fake = size(refiner.G), size(refiner.fake_score)
+    state = 2 * g + g * 2 + fake * 3            # G, G_ema, Adam moments of G; fake score + moments
+    base = os.path.getsize(gen_target) if os.path.isfile(gen_target) else 2 * g
+    return int(1.1 * (state + base + 2 * g))    # the pickle holds its own G and G_ema
+
+
 class RunOutputs:
     """Sample grids, refined pickles, state files and logs of one run folder.
 
@@ -401,8 +424,8 @@ class RunOutputs:
 
     def log_stats(self, stats):
         if self.dist.is_main:
-            with open(os.path.join(self.dir, "stats.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(stats) + "\n")
+            from .snapshot import append_jsonl
+            _write(append_jsonl, os.path.join(self.dir, "stats.jsonl"), stats)
 
     def _checked_samples(self, n):
         from .refiner import NonFiniteError
@@ -413,7 +436,7 @@ class RunOutputs:
         return images
 
     def grid(self, tag):
-        self._on_main(lambda: self.grid_local(tag), "writing a sample grid")
+        self._on_main(lambda: _write(self.grid_local, tag), "writing a sample grid")
 
     def before_after(self):
         """samples-before-after.png: the first grid of this run beside its last (same latents)."""
@@ -421,10 +444,8 @@ class RunOutputs:
             return
         from .images import save_image_pair
         if self.first_grid is not None and self.r.cur_step > 0:
-            scale = max(1, 64 // self.first_grid.shape[-1])  # digits are 16 px: show them at 64
             save_image_pair(self.first_grid, self.last_grid,
-                            os.path.join(self.dir, "samples-before-after.png"), cols=self.run.grid,
-                            scale=scale)
+                            os.path.join(self.dir, "samples-before-after.png"), cols=self.run.grid)
 
     def evaluate(self, pkl):
         """Compute --metrics for G_ema now (every rank generates a share of the images); rank 0
@@ -447,8 +468,8 @@ class RunOutputs:
         line = dict(step=self.r.cur_step, kimg=self.r.cur_nimg / 1000, snapshot_pkl=pkl,
                     results=figures, num=res.get("num"), detector=res.get("detector"),
                     ref=ev["ref"], seconds=res.get("seconds"))
-        with open(os.path.join(self.dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+        from .snapshot import append_jsonl
+        _write(append_jsonl, os.path.join(self.dir, "metrics.jsonl"), line)
         self.results.append((self.r.cur_step, figures))
         shown = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
         _say(self.dist, f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
@@ -474,7 +495,7 @@ class RunOutputs:
             self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
             save_state(os.path.join(self.dir, "refine-state.pt"), dict(self.r.state_dict(), run=self.run_info))
             return pkl
-        pkl = self._on_main(write, "writing a snapshot")
+        pkl = self._on_main(lambda: _write(write), "writing a snapshot")
         self.evaluate(os.path.basename(pkl))
         return pkl
 

@@ -91,7 +91,7 @@ def test_end_to_end_outputs(pkls, tmp_path):
     for name in ("samples-init.png", "samples-000003.png"):
         with Image.open(os.path.join(run, name)) as im:
             im.load()
-            assert im.mode == "RGB" and im.size[0] == im.size[1] >= 16  # 2x2 cells of 8 px, enlarged
+            assert im.mode == "RGB" and im.size == (2 * 64 + 4, 2 * 64 + 4)  # 8 px cells shown 8x
 
     # The exported pickle reloads in a process with no gan_refine (our compat folder standing in
     # for the user's own dnnlib/torch_utils), keeps the layout, and its generators have changed.
@@ -304,8 +304,10 @@ def test_metrics_before_and_at_snapshots_with_before_after_grid(tmp_path):
     assert abs(fid2 - fid0) > 1e-4   # the refined G_ema was evaluated, not the starting one
     assert "G_ema at step 0 vs step 2: FID" in r.output
     with Image.open(os.path.join(run, "samples-before-after.png")) as im:
-        # Two 2x2 grids of 16 px digits with a 2 px gutter, every pixel shown 4x4.
-        assert im.size == ((2 * 32 + 2) * 4, 32 * 4)
+        # Two 2x2 grids of 16 px digits shown 4x (64 px cells) with a 4 px gutter between
+        # cells, and a band a quarter of a cell wide (16 px) between the two grids.
+        grid = 2 * 64 + 4
+        assert im.size == (2 * grid + 16, grid), im.size
     opts = json.load(open(os.path.join(run, "refine_options.json")))
     assert opts["resolved"]["metrics"] == dict(metrics=["fid"], ref="fid-ref-digits-16x16",
                                                detector="digits", num=300)
@@ -334,12 +336,12 @@ def test_metrics_with_reference_images_run_the_detector_over_them_once(tmp_path,
     ref = tmp_path / "real.npy"
     np.save(ref, rng.integers(0, 256, size=(60, 16, 16), dtype=np.uint8))
     seen = []
-    real_stats = compute.compute_feature_stats
+    real_stats = compute.compute_feature_stats_multi  # every detector pass goes through it
 
     def counting(source, *args, **kw):
         seen.append(type(source).__name__)
         return real_stats(source, *args, **kw)
-    monkeypatch.setattr(compute, "compute_feature_stats", counting)
+    monkeypatch.setattr(compute, "compute_feature_stats_multi", counting)
     outdir = tmp_path / "runs"
     r = invoke(["--gen", "digits", "--teacher", "digits", "--kimg", 0.008, "--metrics", "fid,kid",
                 "--metrics-ref", ref, "--metrics-num", 50, "--metrics-detector", "digits",

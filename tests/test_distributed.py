@@ -30,9 +30,13 @@ COMMON = ["--batch", "8", "--grid", "2", "--device", "cpu", "--lr-gen", "1e-3", 
 @pytest.fixture(scope="module")
 def pkls(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist-pkls")
-    made = dict(gen=nets.stylegan2_pkl_dict(res=8, seed=0), teacher=nets.edm_pkl_dict(res=8, seed=3),
+    # The teachers map augmentation labels, as EDM's CIFAR-10 models do: parameters that
+    # refinement never uses, which DistributedDataParallel must be told about.
+    teacher = nets.edm_denoiser(res=8, seed=3, augment_dim=9)
+    teacher_cond = nets.edm_denoiser(res=8, label_dim=3, seed=3, augment_dim=9)
+    made = dict(gen=nets.stylegan2_pkl_dict(res=8, seed=0), teacher=nets.edm_pkl_dict(res=8, net=teacher),
                 gen_cond=nets.stylegan2_pkl_dict(res=8, c_dim=3, seed=0),
-                teacher_cond=nets.edm_pkl_dict(res=8, label_dim=3, seed=3))
+                teacher_cond=nets.edm_pkl_dict(res=8, label_dim=3, net=teacher_cond))
     for name, data in made.items():
         save_network_pkl(data, d / f"{name}.pkl")
     return {name: str(d / f"{name}.pkl") for name in made}

@@ -277,7 +277,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def cached_files(folder):
-    return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names]
+    """Downloaded files in the cache (not the record of files whose sha256 already passed)."""
+    record = getattr(dl, "VERIFIED_CACHE_NAME", None)
+    return [os.path.join(r, n) for r, _, names in os.walk(folder) for n in names if n != record]
 
 
 def test_detector_downloaded_once_and_checked(server, cache):
@@ -469,3 +471,186 @@ def test_cli_errors_are_one_line(png_sets):
         assert res.exit_code != 0, args
         assert needle in res.output, res.output
         assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------
+# StyleGAN's metric names, per-figure detectors, and the defaults shared with `gan-refine`.
+
+from gan_refine.metrics import (ALIASES, METRICS, ModuleDetector, default_detector,  # noqa: E402
+                                default_num, metric_detectors, named_results, register_detector,
+                                resolve_metric_names)
+from gan_refine.metrics import reference_features as cached_reference_features  # noqa: E402
+from gan_refine.metrics.detectors import INCEPTION  # noqa: E402
+
+
+def test_metric_aliases():
+    assert METRICS == ("fid", "kid", "pr")
+    assert resolve_metric_names("fid50k_full") == (("fid",), 50000, {"ref_num": None})
+    assert resolve_metric_names(["kid50k_full", "PR50K3_FULL", "fid"]) == (
+        ("kid", "pr", "fid"), 50000, {"ref_num": None, "pr_k": 3})
+    assert resolve_metric_names("fid,kid,fid") == (("fid", "kid"), None, {})
+    assert resolve_metric_names("pr50k3") == (("pr",), 50000, {"ref_num": 50000, "pr_k": 3})
+    assert {ALIASES[n][:2] for n in ("fid50k_full", "kid50k_full", "pr50k3_full")} == {
+        ("fid", 50000), ("kid", 50000), ("pr", 50000)}
+    with pytest.raises(ValueError, match="unknown metric.*is50k.*fid50k_full"):
+        resolve_metric_names("fid,is50k")
+    with pytest.raises(ValueError, match="fid50k_full and kid50k disagree on ref_num"):
+        resolve_metric_names("fid50k_full,kid50k")
+    with pytest.raises(ValueError, match="expand aliases"):
+        compute_metrics(gen=np.zeros([2, 8, 8], np.uint8), metrics=("fid50k_full",))
+
+
+def test_named_results_as_stylegan_reports_them():
+    res = dict(fid=1.0, kid=0.1, kid_std=0.01, precision=0.7, recall=0.6)
+    assert named_results(res, "fid50k_full,kid50k_full,pr50k3_full") == {
+        "fid50k_full": 1.0, "kid50k_full": 0.1, "kid50k_full_std": 0.01,
+        "pr50k3_full_precision": 0.7, "pr50k3_full_recall": 0.6}
+    assert named_results(res, ["pr", "fid"]) == dict(precision=0.7, recall=0.6, fid=1.0)
+
+
+def test_default_detector_and_num(tmp_path):
+    # Table entries: the digits reference names its detector and protocol; EDM's do not.
+    assert default_detector("fid-ref-digits-16x16") == "digits"
+    assert default_num("fid-ref-digits-16x16") == 2000
+    assert default_detector("fid-ref-cifar10-32x32") == INCEPTION
+    assert default_num("fid-ref-cifar10-32x32") == 50000
+    assert default_detector("https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz") == INCEPTION
+    # A shipped file given by its path is still the table's entry.
+    from gan_refine import pretrained
+    assert default_detector(pretrained.resolve("fid-ref-digits-16x16")) == "digits"
+    # A statistics file gan_refine wrote records its detector; EDM's files and folders do not.
+    fs = FeatureStats()
+    fs.append(np.random.default_rng(0).standard_normal([5, 3]))
+    save_ref_stats(tmp_path / "mine.npz", fs, detector_name="toy")
+    assert default_detector(str(tmp_path / "mine.npz")) == "toy"
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(3), sigma=np.eye(3))
+    assert default_detector(str(tmp_path / "edm.npz")) == INCEPTION
+    (tmp_path / "broken.npz").write_bytes(b"nonsense")
+    assert default_detector(str(tmp_path / "broken.npz")) == INCEPTION
+    assert default_detector(str(tmp_path)) == INCEPTION and default_detector(None) == INCEPTION
+    # An entry given by the caller wins (the CLI has looked it up already).
+    assert default_detector("anything", dict(detector="x", role="fid-ref")) == "x"
+    assert metric_detectors(("fid", "pr"), "a", "b") == {"fid": "a", "pr": "b"}
+    assert metric_detectors(("kid", "pr"), "a") == {"kid": "a", "pr": "a"}
+
+
+class _Proj(torch.nn.Module):
+    """A toy detector: per-channel means and mean squares times a fixed matrix."""
+
+    def __init__(self, proj):
+        super().__init__()
+        self.register_buffer("proj", torch.from_numpy(proj))
+
+    def forward(self, x):
+        u = x.to(torch.float32) / 255.0
+        return torch.cat([u.mean(dim=[2, 3]), (u * u).mean(dim=[2, 3])], dim=1) @ self.proj
+
+
+class _Corner(torch.nn.Module):
+    """Another toy detector with a different geometry: the raw top-left 2x2 pixels."""
+
+    def forward(self, x):
+        return x[:, :, :2, :2].reshape(x.shape[0], -1).to(torch.float32) / 255.0
+
+
+@pytest.fixture
+def two_detectors():
+    proj = np.random.default_rng(20).standard_normal([6, 6]).astype(np.float32)
+    register_detector("toy-a", lambda device: ModuleDetector(_Proj(proj), name="toy-a", device=device),
+                      overwrite=True)
+    register_detector("toy-b", lambda device: ModuleDetector(_Corner(), name="toy-b", device=device),
+                      overwrite=True)
+    made = ["toy-a", "toy-b"]
+    yield made
+    for name in made:
+        unregister_detector(name)
+    detectors._LOADED.clear()
+
+
+class _CountingGenerator(torch.nn.Module):
+    z_dim, c_dim = 4, 0
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn([4, 3 * 8 * 8], generator=torch.Generator().manual_seed(0)))
+        self.calls = []
+
+    def forward(self, z, c):
+        self.calls.append(z.shape[0])
+        return torch.tanh(z @ self.weight).reshape(-1, 3, 8, 8)
+
+
+def test_precision_recall_with_its_own_detector(png_sets, two_detectors):
+    root, a, b, _ = png_sets
+    ref = str(root / "b")
+    only_a = compute_metrics(gen=str(root / "a"), ref=ref, metrics=("fid", "pr"), detector="toy-a", device="cpu")
+    only_b = compute_metrics(gen=str(root / "a"), ref=ref, metrics=("pr",), detector="toy-b", device="cpu")
+    both = compute_metrics(gen=str(root / "a"), ref=ref, metrics=("fid", "pr"), detector="toy-a",
+                           pr_detector="toy-b", device="cpu")
+    assert both["fid"] == pytest.approx(only_a["fid"], rel=1e-12)
+    assert (both["precision"], both["recall"]) == (only_b["precision"], only_b["recall"])
+    assert (both["precision"], both["recall"]) != (only_a["precision"], only_a["recall"])
+    assert both["detectors"] == dict(fid="toy-a", precision="toy-b", recall="toy-b")
+    assert both["detector"] == "toy-a" and both["pr_detector"] == "toy-b"
+    assert only_a["detectors"] == dict(fid="toy-a", precision="toy-a", recall="toy-a")
+
+    # Generated images are made once and fed to both detectors.
+    G = _CountingGenerator()
+    compute_metrics(gen=G, ref=ref, metrics=("fid", "pr"), num=10, batch_size=5, detector="toy-a",
+                    pr_detector="toy-b", device="cpu")
+    assert G.calls[-2:] == [5, 5] and len(G.calls) <= 3  # (the generic adapter probes once first)
+
+    # Reference features computed once, reused as {detector name: FeatureStats}.
+    cached = cached_reference_features(ref, ("fid", "pr"), "toy-a", "toy-b", device="cpu")
+    assert set(cached) == {"toy-a", "toy-b"}
+    again = compute_metrics(gen=str(root / "a"), ref=cached, metrics=("fid", "pr"), detector="toy-a",
+                            pr_detector="toy-b", device="cpu")
+    assert again["fid"] == both["fid"] and again["precision"] == both["precision"]
+    with pytest.raises(ValueError, match="features of one detector"):
+        compute_metrics(gen=str(root / "a"), ref=cached["toy-a"], metrics=("fid", "pr"), detector="toy-a",
+                        pr_detector="toy-b", device="cpu")
+
+
+def test_pr_alone_does_not_load_the_fid_detector(png_sets, two_detectors):
+    root, _, _, _ = png_sets
+    loaded = []
+    register_detector("never", lambda device: loaded.append(device) or 1 / 0, overwrite=True)
+    try:
+        res = compute_metrics(gen=str(root / "a"), ref=str(root / "b"), metrics=("pr",), detector="never",
+                              pr_detector="toy-b", device="cpu")
+    finally:
+        unregister_detector("never")
+    assert not loaded and res["detector"] == "toy-b" and res["detectors"]["precision"] == "toy-b"
+
+
+def test_cli_aliases_and_pr_detector(png_sets, two_detectors):
+    root, a, b, det = png_sets
+    res = CliRunner().invoke(metrics_cli, [
+        "--images", str(root / "a"), "--ref", str(root / "b"),
+        "--metrics", "fid50k_full,kid50k_full,pr50k3_full", "--detector", "toy-a", "--pr-detector",
+        "toy-b", "--device", "cpu", "--kid-subsets", "2"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rec["metrics"] == ["fid", "kid", "pr"] and rec["requested"][0] == "fid50k_full"
+    assert rec["num"] == 10 and rec["pr_k"] == 3
+    assert set(rec["results"]) == {"fid50k_full", "kid50k_full", "kid50k_full_std",
+                                   "pr50k3_full_precision", "pr50k3_full_recall"}
+    assert rec["results"]["fid50k_full"] == rec["fid"]
+    assert rec["detectors"] == dict(fid="toy-a", kid="toy-a", kid_std="toy-a", precision="toy-b",
+                                    recall="toy-b")
+
+    res = CliRunner().invoke(metrics_cli, ["--images", str(root / "a"), "--ref", str(root / "b"),
+                                           "--metrics", "fid50k_full", "--num", "5", "--detector", "toy-a",
+                                           "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "--num 5 replaces the 50,000 generated images of fid50k_full" in res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["num"] == 5
+
+
+def test_cli_default_detector_follows_the_reference():
+    # The digits reference names the 'digits' detector: no --detector needed (as in gan-refine).
+    res = CliRunner().invoke(metrics_cli, ["--gen", "digits", "--ref", "fid-ref-digits-16x16", "--num", "64",
+                                           "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rec["detector"] == "digits" and rec["detectors"] == {"fid": "digits"} and rec["num"] == 64

@@ -148,3 +148,62 @@ def test_describe_mentions_attributes(tmp_path):
     g.z_dim, g.img_resolution = 3, 8
     text = pickles.describe({"G": g, "D": torch.nn.Identity(), "G_ema": g})
     assert "z_dim=3" in text and "img_resolution=8" in text and "params=12" in text
+
+
+# ----------------------------------------------------------------------------
+# Code embedded in a network pickle that raises while loading.
+
+class _Carrier:
+    """Pickles as persistence's rebuild call with a meta dict of our choosing."""
+
+    def __init__(self, meta):
+        self.meta = meta
+
+    def __reduce__(self):
+        from torch_utils import persistence
+        return persistence._reconstruct_persistent_obj, (self.meta,)
+
+
+def _pickle_with_source_tail(path, tail, tag):
+    from gan_refine.nets import edm
+    meta = dict(edm.Linear(2, 2).__reduce__()[1][0])
+    meta["module_src"] += f"\n# {tag}\n{tail}\n"  # a new text each time: executed afresh
+    path.write_bytes(pickle.dumps({"ema": _Carrier(meta)}))
+    return path
+
+
+def test_embedded_code_error_is_a_pickle_code_error_with_its_cause(tmp_path):
+    path = _pickle_with_source_tail(tmp_path / "z.pkl", "1 / 0", "zero")
+    with pytest.raises(pickles.PickleCodeError) as info:
+        load_network_pkl(str(path))
+    err = info.value
+    assert isinstance(err, NetworkPickleError) and isinstance(err, ValueError)
+    assert isinstance(err.__cause__, ZeroDivisionError)  # kept for --debug style reporting
+    msg = str(err)
+    assert msg.startswith(f"{path}: the code stored inside this network pickle failed")
+    assert "class Linear" in msg and "re-export it with the tool that made it" in msg
+
+
+def test_embedded_import_error_says_what_to_install(tmp_path):
+    path = _pickle_with_source_tail(tmp_path / "i.pkl", "import some_missing_dep_xyz", "import")
+    with pytest.raises(pickles.PickleCodeError, match="install the package that provides "
+                                                       "'some_missing_dep_xyz'"):
+        load_network_pkl(str(path))
+
+
+def test_stream_errors_are_not_blamed_on_embedded_code(tmp_path):
+    # A missing module named by the stream itself (not by stored source) keeps its own message.
+    path = tmp_path / "m.pkl"
+    path.write_bytes(_raw_pickle("private_repo_xyz.training.networks", "Generator"))
+    with pytest.raises(NetworkPickleError) as info:
+        load_network_pkl(str(path))
+    assert type(info.value) is NetworkPickleError and "not available here" in str(info.value)
+
+
+def test_failed_load_leaves_no_module_behind(tmp_path):
+    import sys
+    before = {m for m in sys.modules if m.startswith("_imported_module_")}
+    path = _pickle_with_source_tail(tmp_path / "late.pkl", "raise OSError('late')", "late")
+    with pytest.raises(pickles.PickleCodeError, match="OSError: late"):
+        load_network_pkl(str(path))
+    assert {m for m in sys.modules if m.startswith("_imported_module_")} == before

@@ -214,3 +214,183 @@ def test_shipped_digits_fid_reference_matches_the_training_split():
     assert mu.dtype == np.float64 and sigma.shape == (64, 64)
     np.testing.assert_allclose(mu, feats.mean(0), atol=1e-5)
     np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# sha256 of table entries: every entry that has one, local and shipped files included, hashed
+# once per change of the file.
+
+def _table_with(monkeypatch, **entries):
+    base = dict(sha256=None, family="edm", role="teacher", resolution=8, channels=3, label_dim=0,
+                conditional=False, dataset="toy", notes="a test entry")
+    table = {n: dict(base, **e) for n, e in entries.items()}
+    monkeypatch.setattr(pretrained, "_models", lambda: table)
+
+
+@pytest.fixture
+def hashes(tmp_path, monkeypatch):
+    """Count whole-file hashing; verified-hash records go to a throwaway cache folder."""
+    from gan_refine.compat.dnnlib import util as dl
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    real = dl.sha256_of_file
+
+    def counting(path):
+        calls.append(path)
+        return real(path)
+    monkeypatch.setattr(dl, "sha256_of_file", counting)
+    return calls
+
+
+def _bump_mtime(path, seconds=5):
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10 ** 9))
+
+
+def test_local_entry_is_verified_once_per_change(tmp_path, monkeypatch, hashes):
+    from gan_refine.compat.dnnlib import util as dl
+    path = tmp_path / "net.bin"
+    path.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256=digest))
+    assert pretrained.verify_local("toy") == digest
+    assert pretrained.verify_local(str(path)) == digest  # by path: the same entry, not hashed again
+    assert pretrained.verify_local(path.as_uri()) == digest
+    assert len(hashes) == 1
+    record = json.loads((tmp_path / "cache" / dl.VERIFIED_CACHE_NAME).read_text())
+    assert record[os.path.realpath(path)]["sha256"] == digest
+    _bump_mtime(path)                       # touched: hashed again, and still fine
+    pretrained.verify_local("toy")
+    assert len(hashes) == 2
+    pretrained.verify_local("toy")
+    assert len(hashes) == 2
+
+
+def test_wrong_sha256_of_a_local_entry_fails_every_time(tmp_path, monkeypatch, hashes):
+    from gan_refine.compat.dnnlib import util as dl
+    path = tmp_path / "net.bin"
+    path.write_bytes(b"x" * 10)
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256="ab" * 32))
+    for _ in range(2):  # a failure is never remembered as a pass
+        with pytest.raises(dl.ChecksumError, match="damaged or a different file") as info:
+            pretrained.verify_local("toy")
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert len(hashes) == 2
+
+
+def test_same_size_replacement_with_restored_mtime_is_caught(tmp_path, monkeypatch, hashes):
+    """cp -p / touch -d can restore mtime; ctime moves anyway, so the file is hashed again."""
+    import time
+    from gan_refine.compat.dnnlib import util as dl
+    path = tmp_path / "net.bin"
+    path.write_bytes(b"A" * 64)
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256=hashlib.sha256(b"A" * 64).hexdigest()))
+    pretrained.verify_local("toy")
+    old = os.stat(path)
+    deadline = time.time() + 5
+    while True:  # ctime has the file system's clock granularity: wait until it moved
+        path.write_bytes(b"B" * 64)
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+        if os.stat(path).st_ctime_ns != old.st_ctime_ns or time.time() > deadline:
+            break
+        time.sleep(0.02)
+    with pytest.raises(dl.ChecksumError):
+        pretrained.verify_local("toy")
+
+
+def test_load_network_pkl_checks_local_entries(tmp_path, monkeypatch, hashes):
+    import torch
+    from gan_refine.compat.dnnlib import util as dl
+    from gan_refine.pickles import load_network_pkl, save_network_pkl
+    path = tmp_path / "net.pkl"
+    save_network_pkl({"ema": torch.nn.Identity()}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256=digest))
+    assert "ema" in load_network_pkl("toy") and "ema" in load_network_pkl(str(path))
+    assert len(hashes) == 1
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256="0" * 64))
+    with pytest.raises(dl.ChecksumError, match="fetch 'toy' again"):
+        load_network_pkl(str(path))
+
+
+def test_shipped_files_match_their_table_entries(hashes):
+    shipped = [n for n in pretrained.names()
+               if pretrained.lookup(n)["url"].startswith(pretrained.PACKAGE_PREFIX)]
+    assert shipped
+    for name in shipped:
+        assert pretrained.verify_local(name) == pretrained.lookup(name)["sha256"]
+    assert len(hashes) == len(shipped)
+
+
+def test_shipped_entry_with_wrong_sha256_says_reinstall(monkeypatch, hashes):
+    from gan_refine.compat.dnnlib import util as dl
+    entry = pretrained.lookup("digits")
+    _table_with(monkeypatch, digits=dict(entry, sha256="f" * 64))
+    with pytest.raises(dl.ChecksumError, match="reinstall gan_refine"):
+        pretrained.verify_local("digits")
+
+
+def test_entries_without_sha256_and_urls_are_not_hashed_here(tmp_path, monkeypatch, hashes):
+    path = tmp_path / "n.bin"
+    path.write_bytes(b"1")
+    _table_with(monkeypatch, plain=dict(url=str(path)), remote=dict(url="https://h.example/r.pkl",
+                                                                     sha256="c" * 64))
+    assert pretrained.verify_local("plain") is None
+    assert pretrained.verify_local("https://h.example/r.pkl") == "c" * 64  # open_url checks it
+    assert pretrained.verify_local(str(tmp_path / "unlisted.pkl")) is None
+    assert hashes == []
+
+
+def test_existing_file_named_like_a_model_is_not_checked_against_it(tmp_path, monkeypatch, hashes):
+    # resolve() lets an existing file win over a table name; so must verification.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").write_bytes(b"my own file")
+    assert pretrained.verify_local("digits") is None and hashes == []
+
+
+def test_damaged_or_unwritable_verified_cache_only_costs_a_rehash(tmp_path, monkeypatch, hashes):
+    from gan_refine.compat.dnnlib import util as dl
+    path = tmp_path / "n.bin"
+    path.write_bytes(b"data")
+    _table_with(monkeypatch, toy=dict(url=str(path), sha256=hashlib.sha256(b"data").hexdigest()))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / dl.VERIFIED_CACHE_NAME).write_text('{"torn": ')
+    pretrained.verify_local("toy")
+    pretrained.verify_local("toy")
+    assert len(hashes) == 1                       # rewritten whole
+    (tmp_path / "blocker").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "blocker" / "cache"))
+    pretrained.verify_local("toy")
+    pretrained.verify_local("toy")
+    assert len(hashes) == 3                       # nothing cached, nothing broken
+    assert not [n for n in os.listdir(tmp_path / "cache") if ".tmp-" in n]
+
+
+class _OneFile(__import__("http.server").server.BaseHTTPRequestHandler):
+    body = b"downloaded weights" * 100
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+def test_download_is_not_hashed_again_from_the_cache(tmp_path, serve_http, hashes):
+    from gan_refine.compat.dnnlib import util as dl
+    url = serve_http(_OneFile) + "/w.pkl"
+    digest = hashlib.sha256(_OneFile.body).hexdigest()
+    first = dl.open_url(url, cache_dir=str(tmp_path / "dl"), return_filename=True, sha256=digest,
+                        verbose=False)
+    second = dl.open_url(url, cache_dir=str(tmp_path / "dl"), return_filename=True, sha256=digest,
+                         verbose=False)
+    assert first == second and hashes == []       # hashed in memory once, recorded as verified
+    with open(first, "r+b") as f:                  # damaged in the cache: fetched again
+        f.write(b"X")
+    third = dl.open_url(url, cache_dir=str(tmp_path / "dl"), return_filename=True, sha256=digest,
+                        verbose=False)
+    with open(third, "rb") as f:
+        assert f.read() == _OneFile.body

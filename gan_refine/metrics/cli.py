@@ -1,10 +1,12 @@
 """`gan-refine-metrics`: FID / KID / precision-recall of a generator or image set.
 
     gan-refine-metrics --gen refined.pkl --ref cifar10-32x32.npz               # FID, 50k seeds
+    gan-refine-metrics --gen refined.pkl --ref train/ --metrics fid50k_full,kid50k_full,pr50k3_full
     gan-refine-metrics --images samples/ --ref train/ --metrics fid,kid,pr --num 10000
     gan-refine-metrics --images train/ --save-ref-stats train-stats.npz        # a reference file
 
-Prints one JSON line of results on stdout (progress goes to stderr).
+Prints one JSON line of results on stdout (progress goes to stderr); the line names the
+detector behind every figure.
 """
 
 import json
@@ -20,13 +22,14 @@ _CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 def _parse_metrics(text):
-    from .compute import METRICS
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    bad = [m for m in names if m not in METRICS]
-    if bad or not names:
-        raise click.BadParameter(f"unknown metric(s) {', '.join(bad) or '(none)'}; choose from "
-                                 f"{', '.join(METRICS)}, comma-separated", param_hint="--metrics")
-    return tuple(dict.fromkeys(names))
+    """'fid,kid50k_full' -> (requested names, short metrics, images the aliases fix, keywords)."""
+    from .protocol import resolve_metric_names
+    try:
+        metrics, num, kwargs = resolve_metric_names(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--metrics")
+    requested = tuple(dict.fromkeys(m.strip().lower() for m in text.split(",") if m.strip()))
+    return requested, metrics, num, kwargs
 
 
 @click.command(context_settings=_CONTEXT)
@@ -39,13 +42,20 @@ def _parse_metrics(text):
               help="Reference: statistics .npz with mu/sigma (FID only), a pretrained 'fid-ref' name "
                    "or URL, or real images (folder or array).")
 @click.option("--metrics", "metrics_text", default="fid", show_default=True,
-              help="Comma-separated: fid, kid, pr (precision/recall).")
-@click.option("--num", type=click.IntRange(min=2), default=50000, show_default=True,
-              help="Images to generate (seeds seed .. seed+num-1); a cap for --images.")
+              help="Comma-separated: fid, kid, pr (precision/recall), or StyleGAN's names "
+                   "fid50k_full, kid50k_full, pr50k3_full (50,000 images; pr50k3: k = 3).")
+@click.option("--num", type=click.IntRange(min=2), default=None,
+              help="Images to generate (seeds seed .. seed+num-1); a cap for --images.  [default: "
+                   "what a --metrics alias fixes, else the reference's protocol (2,000 for the "
+                   "digits reference), else 50,000]")
 @click.option("--ref-num", type=click.IntRange(min=2), default=None,
               help="Cap on reference images (default: all of them).")
-@click.option("--detector", default="inception-2015-12-05", show_default=True,
-              help="Registered detector name, TorchScript file or URL.")
+@click.option("--detector", default="auto", show_default=True,
+              help="Registered detector name, TorchScript file or URL; auto = the one the "
+                   "reference was made with, else Inception-v3 (inception-2015-12-05).")
+@click.option("--pr-detector", default=None,
+              help="Detector for precision/recall only, e.g. StyleGAN's VGG16 ('vgg16', or the "
+                   "vgg16.pt file or URL).  [default: --detector]")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per generator/detector call.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -56,18 +66,18 @@ def _parse_metrics(text):
               help="Random subsets KID is averaged over.")
 @click.option("--kid-subset-size", type=click.IntRange(min=2), default=1000, show_default=True,
               help="Samples per KID subset (fewer if fewer images).")
-@click.option("--pr-k", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Neighbourhood size k for precision/recall.")
+@click.option("--pr-k", type=click.IntRange(min=1), default=None,
+              help="Neighbourhood size k for precision/recall.  [default: 3]")
 @click.option("--save-ref-stats", type=click.Path(dir_okay=False), default=None,
               help="Write mu/sigma of the --gen/--images features to this .npz (EDM layout).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Also append the JSON line to this file.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars on stderr (default: when stderr is a terminal).")
-def main(gen, images, ref, metrics_text, num, ref_num, detector, batch, seed, device, kid_subsets,
-         kid_subset_size, pr_k, save_ref_stats, out, progress):
+def main(gen, images, ref, metrics_text, num, ref_num, detector, pr_detector, batch, seed, device,
+         kid_subsets, kid_subset_size, pr_k, save_ref_stats, out, progress):
     """FID/KID/precision-recall of a generator or image set against a reference."""
-    metrics = _parse_metrics(metrics_text)
+    requested, metrics, alias_num, alias_kw = _parse_metrics(metrics_text)
     if (gen is None) == (images is None):
         raise click.ClickException("give exactly one of --gen (a generator) or --images (a folder or array)")
     if ref is None and save_ref_stats is None:
@@ -91,6 +101,21 @@ def main(gen, images, ref, metrics_text, num, ref_num, detector, batch, seed, de
         raise click.ClickException(f"--device {device}: CUDA is not available here; use --device cpu")
     if progress is None:
         progress = sys.stderr.isatty()
+    from .protocol import ALIASES, STANDARD_NUM, default_detector, default_num
+    # Explicit options win over what an alias fixes; say so, since the figure changes meaning.
+    if num is not None and alias_num is not None and num != alias_num:
+        aliases = ",".join(m for m in requested if m in ALIASES)
+        click.echo(f"note: --num {num} replaces the {alias_num:,} generated images of {aliases}",
+                   err=True)
+    if num is None:
+        # An image set is capped at the standard count; a generator follows the reference's protocol.
+        num = alias_num or (default_num(ref) if gen is not None and ref is not None else STANDARD_NUM)
+    if ref_num is None and alias_kw.get("ref_num") is not None:
+        ref_num = alias_kw["ref_num"]
+    if pr_k is None:
+        pr_k = alias_kw.get("pr_k", 3)
+    if detector == "auto":
+        detector = default_detector(ref)
 
     from .compute import compute_metrics
     try:
@@ -101,7 +126,7 @@ def main(gen, images, ref, metrics_text, num, ref_num, detector, batch, seed, de
                 gen=G if G is not None else images, ref=ref, metrics=metrics, num=num,
                 ref_num=ref_num, detector=detector, batch_size=batch, seed=seed, device=device,
                 kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, pr_k=pr_k,
-                progress=progress, save_ref_stats_path=save_ref_stats)
+                progress=progress, save_ref_stats_path=save_ref_stats, pr_detector=pr_detector)
         for w in caught:
             if not issubclass(w.category, (DeprecationWarning, FutureWarning)):
                 click.echo(f"warning: {w.message}", err=True)
@@ -112,10 +137,17 @@ def main(gen, images, ref, metrics_text, num, ref_num, detector, batch, seed, de
     except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         raise click.ClickException(_one_line(err))
 
+    from .protocol import named_results
     record = dict(gen=gen, images=images, ref=ref, metrics=list(metrics) if ref else [])
+    if ref and list(requested) != list(metrics):
+        record["requested"] = list(requested)
     if save_ref_stats is not None:
         record["saved_ref_stats"] = save_ref_stats
     record.update(result)
+    if ref:
+        record["results"] = named_results(result, requested)
+        if "pr" in metrics:
+            record["pr_k"] = pr_k
     line = json.dumps(record)
     click.echo(line)
     if out is not None:

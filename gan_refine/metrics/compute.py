@@ -20,8 +20,9 @@ from .detectors import auto_device, get_detector
 from .stats import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
 
 __all__ = ["quantize", "GeneratorSource", "FolderSource", "ArraySource", "open_images",
-           "compute_feature_stats", "load_ref_stats", "save_ref_stats", "compute_metrics",
-           "is_stats_source", "check_reference", "METRICS", "IMAGE_EXTENSIONS"]
+           "compute_feature_stats", "compute_feature_stats_multi", "reference_features",
+           "load_ref_stats", "save_ref_stats", "compute_metrics", "is_stats_source",
+           "check_reference", "METRICS", "IMAGE_EXTENSIONS"]
 
 METRICS = ("fid", "kid", "pr")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -238,14 +239,25 @@ def open_images(obj, num=None, seed=0, device=None):
 
 def compute_feature_stats(source, detector, batch_size=64, capture_all=False, progress=False):
     """Run every image of `source` through `detector`; returns a FeatureStats."""
-    stats = FeatureStats(capture_all=capture_all)
+    return compute_feature_stats_multi(source, {"features": (detector, capture_all)}, batch_size,
+                                       progress)["features"]
+
+
+def compute_feature_stats_multi(source, detectors, batch_size=64, progress=False):
+    """One pass over `source` feeding every batch to several detectors.
+
+    detectors: {key: (Detector, capture_all)}. Returns {key: FeatureStats}. Generating the
+    images once matters when FID and precision/recall use different detectors.
+    """
+    stats = {k: FeatureStats(capture_all=cap) for k, (_, cap) in detectors.items()}
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=source.num_items, unit="img", leave=False, dynamic_ncols=True)
     try:
         for images in source.iter_batches(int(batch_size)):
-            stats.append(detector(images).cpu())
+            for k, (det, _) in detectors.items():
+                stats[k].append(det(images).cpu())
             if bar is not None:
                 bar.update(images.shape[0])
     finally:
@@ -331,29 +343,109 @@ def check_reference(metrics, ref):
     return is_stats
 
 
+def _spec_name(spec):
+    """The name results report for a detector given as name/path/URL, Detector or module."""
+    if isinstance(spec, (str, os.PathLike)):
+        return os.fspath(spec)
+    return getattr(spec, "name", None) or type(spec).__name__
+
+
+def _feature_spaces(metrics, ref, detector, pr_detector, save_stats):
+    """{detector name: [spec, capture_all]} of the detectors this evaluation needs, and the
+    names serving FID/KID (`main`, None when unused) and precision/recall (`pr`)."""
+    spaces = {}
+
+    def want(spec, capture):
+        name = _spec_name(spec)
+        if name in spaces:
+            spaces[name][1] = spaces[name][1] or capture
+        else:
+            spaces[name] = [spec, capture]
+        return name
+    scored = ref is not None
+    main = None
+    if not (scored and metrics == ("pr",) and pr_detector is not None and not save_stats):
+        main = want(detector, scored and "kid" in metrics)
+    pr = None
+    if scored and "pr" in metrics:
+        pr = want(detector if pr_detector is None else pr_detector, True)
+    return spaces, main, pr
+
+
+def _is_features(obj):
+    return isinstance(obj, FeatureStats) or (
+        isinstance(obj, dict) and bool(obj) and all(isinstance(v, FeatureStats) for v in obj.values()))
+
+
+def _stats_per_space(obj, dets, what, num=None, device=None, batch_size=64, progress=False):
+    """{detector name: FeatureStats} for every detector in `dets` ({name: (Detector,
+    capture_all)}): from images in one pass, or from features given as one FeatureStats (a
+    single detector only) or a {detector name: FeatureStats} dict."""
+    if isinstance(obj, FeatureStats):
+        if len(dets) != 1:
+            raise ValueError(f"{what} is given as the features of one detector, but this evaluation "
+                             f"uses {', '.join(dets)}: pass {{detector name: FeatureStats}} "
+                             f"(see reference_features)")
+        return {next(iter(dets)): obj}
+    if _is_features(obj):
+        missing = [n for n in dets if n not in obj]
+        if missing:
+            raise ValueError(f"{what} features are given for {', '.join(obj)} but not for "
+                             f"{', '.join(missing)}")
+        return {n: obj[n] for n in dets}
+    src = open_images(obj, num=num, device=device)
+    return compute_feature_stats_multi(src, dets, batch_size, progress)
+
+
+def reference_features(ref, metrics=("fid",), detector="inception-2015-12-05", pr_detector=None,
+                       ref_num=None, device=None, batch_size=64, progress=False):
+    """Reference features to reuse across evaluations: `ref` itself when it is statistics
+    (.npz, name or URL), else {detector name: FeatureStats} of its images for every detector
+    the metrics need, ready to pass back to compute_metrics as `ref`."""
+    metrics = tuple(dict.fromkeys(metrics))
+    if check_reference(metrics, ref):
+        return ref
+    device = auto_device(device)
+    spaces, _, _ = _feature_spaces(metrics, ref, detector, pr_detector, False)
+    dets = {n: (get_detector(spec, device=device), cap) for n, (spec, cap) in spaces.items()}
+    return _stats_per_space(ref, dets, "ref", num=ref_num, device=device, batch_size=batch_size,
+                            progress=progress)
+
+
 def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=None,
                     detector="inception-2015-12-05", batch_size=64, seed=0, device=None,
                     kid_subsets=100, kid_subset_size=1000, pr_k=3, progress=False,
-                    save_ref_stats_path=None):
+                    save_ref_stats_path=None, pr_detector=None):
     """FID / KID / precision-recall of `gen` against `ref`; returns a dict of results.
 
     gen: a generator (z_dim/c_dim, G(z, c) -> [-1, 1]), network pickle path, image folder,
         .npy/.npz image array or numpy array. For folders and arrays `num` caps the count.
+        Or the FeatureStats of generated images (capture_all=True for KID and precision/recall).
     ref: a statistics .npz (mu/sigma; FID only), a pretrained 'fid-ref' name or URL, an
         image folder or array (all of it unless `ref_num`), or the FeatureStats of reference
         images computed earlier with the same detector (capture_all=True for KID and
         precision/recall), so repeated evaluations run the detector over them once. None
         computes no metric.
+    detector: feature network of FID and KID (and of precision/recall unless `pr_detector`).
+    pr_detector: feature network of precision/recall, e.g. 'vgg16' as in StyleGAN's protocol
+        (a registered name, TorchScript file or URL); None uses `detector`. With two
+        detectors, `gen` and `ref` given as features are {detector name: FeatureStats} dicts
+        (see reference_features); generated images are made once and fed to both.
     save_ref_stats_path: also write the statistics of `gen` there (EDM .npz layout).
+
+    The result names the detector of every figure: `detectors` maps fid, kid, kid_std,
+    precision and recall (those computed) to a detector name.
     """
-    metrics = tuple(metrics)
+    metrics = tuple(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+        from .protocol import ALIASES
+        hint = ("; expand aliases such as fid50k_full with gan_refine.metrics.resolve_metric_names"
+                if any(m in ALIASES for m in unknown) else "")
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}{hint}")
     t0 = time.time()
     device = auto_device(device)
-    need_all = any(m in ("kid", "pr") for m in metrics) and ref is not None
-    ref_stats = ref_feats = None
+    ref_stats = None
     result = {}
     # A bad reference file should fail before a detector download is attempted.
     ref_is_stats = check_reference(metrics, ref)
@@ -361,38 +453,49 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
         ref_stats = load_ref_stats(ref)
         result["num_ref"] = ref_stats.get("num")
 
-    gen_src = open_images(gen, num=num, seed=seed, device=device)
-    det = get_detector(detector, device=device)
-    det_name = os.fspath(detector) if isinstance(detector, (str, os.PathLike)) else det.name
-    if ref_is_stats and ref_stats.get("detector") not in (None, det_name):
+    spaces, main, pr = _feature_spaces(metrics, ref, detector, pr_detector,
+                                       save_ref_stats_path is not None)
+    # Features computed elsewhere (several processes, say) come in as a FeatureStats.
+    gen_src = None if _is_features(gen) else open_images(gen, num=num, seed=seed, device=device)
+    dets = {n: (get_detector(spec, device=device), cap) for n, (spec, cap) in spaces.items()}
+    if ref_is_stats and ref_stats.get("detector") not in (None, main):
         warnings.warn(f"reference statistics were made with detector "
-                      f"{ref_stats['detector']!r}, not {det_name!r}", stacklevel=2)
+                      f"{ref_stats['detector']!r}, not {main!r}", stacklevel=2)
+    ref_fs = {}
     if ref is not None and not ref_is_stats:
-        if isinstance(ref, FeatureStats):
-            fs = ref
-        else:
-            src = open_images(ref, num=ref_num, device=device)
-            fs = compute_feature_stats(src, det, batch_size, capture_all=need_all, progress=progress)
-        ref_stats = dict(mu=fs.mean, sigma=fs.cov)
-        ref_feats = fs.get_all() if need_all else None
-        result["num_ref"] = fs.num_items
+        ref_fs = _stats_per_space(ref, dets, "ref", num=ref_num, device=device, batch_size=batch_size,
+                                  progress=progress)
+        result["num_ref"] = next(iter(ref_fs.values())).num_items
+        if main is not None:
+            ref_stats = dict(mu=ref_fs[main].mean, sigma=ref_fs[main].cov)
 
-    fs = compute_feature_stats(gen_src, det, batch_size, capture_all=need_all, progress=progress)
-    result["num"] = fs.num_items
+    gen_fs = (_stats_per_space(gen, dets, "gen") if gen_src is None
+              else compute_feature_stats_multi(gen_src, dets, batch_size, progress))
+    first = gen_fs[main if main is not None else pr]
+    result["num"] = first.num_items
     if save_ref_stats_path is not None:
-        save_ref_stats(save_ref_stats_path, fs, detector_name=det_name)
-    if ref_stats is not None and ref_stats["mu"].shape[0] != fs.feature_dim:
+        save_ref_stats(save_ref_stats_path, gen_fs[main], detector_name=main)
+    if ref_stats is not None and ref_stats["mu"].shape[0] != gen_fs[main].feature_dim:
         raise ValueError(f"reference statistics have {ref_stats['mu'].shape[0]} features but "
-                         f"detector {det_name!r} gives {fs.feature_dim}; use the detector "
+                         f"detector {main!r} gives {gen_fs[main].feature_dim}; use the detector "
                          f"they were made with")
+    used = {}
     if ref is not None:
+        fs = gen_fs.get(main)
         if "fid" in metrics:
             result["fid"] = frechet_distance(fs.mean, fs.cov, ref_stats["mu"], ref_stats["sigma"])
+            used["fid"] = main
         if "kid" in metrics:
             result["kid"], result["kid_std"] = kernel_inception_distance(
-                fs.get_all(), ref_feats, kid_subsets, kid_subset_size, seed=seed)
+                fs.get_all(), ref_fs[main].get_all(), kid_subsets, kid_subset_size, seed=seed)
+            used.update(kid=main, kid_std=main)
         if "pr" in metrics:
-            result["precision"], result["recall"] = precision_recall(ref_feats, fs.get_all(), k=pr_k)
-    result.update(detector=det_name, feature_dim=fs.feature_dim, seed=int(seed),
-                  seconds=round(time.time() - t0, 3))
+            result["precision"], result["recall"] = precision_recall(
+                ref_fs[pr].get_all(), gen_fs[pr].get_all(), k=pr_k)
+            used.update(precision=pr, recall=pr)
+    head = main if main is not None else pr
+    result.update(detector=head, feature_dim=gen_fs[head].feature_dim)
+    if pr is not None and pr != head:
+        result.update(pr_detector=pr, pr_feature_dim=gen_fs[pr].feature_dim)
+    result.update(detectors=used, seed=int(seed), seconds=round(time.time() - t0, 3))
     return result

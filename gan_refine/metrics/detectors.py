@@ -21,9 +21,13 @@ from ..compat.dnnlib import util as dl
 
 __all__ = ["Detector", "ModuleDetector", "get_detector", "register_detector",
            "register_detector_url", "unregister_detector", "detector_names",
-           "load_detector_file", "INCEPTION", "auto_device"]
+           "load_detector_file", "INCEPTION", "VGG16", "VGG16_URL", "auto_device"]
 
 INCEPTION = "inception-2015-12-05"
+# StyleGAN2-ADA's precision/recall (and LPIPS) network: TorchScript VGG16 taking uint8 RGB,
+# resizing to 224x224 itself, returning its 4096-d fc features with return_features=True.
+VGG16 = "vgg16"
+VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 _INPUT_RANGES = ("uint8", "unit", "symmetric")
 
 
@@ -227,6 +231,8 @@ def _inception_factory(device):
 
 
 register_detector(INCEPTION, _inception_factory)
+# No published checksum is known for it; a file copied into the dnnlib cache is used as it is.
+register_detector_url(VGG16, VGG16_URL, channels=3, input_range="uint8")
 
 
 def _as_detector(obj, name, device):

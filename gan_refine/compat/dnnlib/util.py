@@ -3,7 +3,8 @@
 Pickles reference `dnnlib.util.EasyDict` by name; training and metric scripts call `open_url`
 to fetch network pickles and detectors. Downloads go through `requests` into a cache folder
 (`$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`), written atomically so an interrupted transfer
-never leaves a file that looks complete.
+never leaves a file that looks complete. Given a sha256, `open_url` checks local files as well as
+downloads, hashing each file once until it changes (`verify_sha256`).
 """
 
 import ctypes
@@ -12,6 +13,7 @@ import glob
 import hashlib
 import importlib
 import io
+import json
 import os
 import pickle
 import re
@@ -334,6 +336,89 @@ class DownloadError(IOError):
     """A URL could not be fetched (after retries) or its contents failed the checksum."""
 
 
+class ChecksumError(DownloadError):
+    """A file's sha256 differs from the published one: it is damaged or a different file."""
+
+    def __str__(self):
+        return self.args[0] if self.args else ""
+
+
+# ----------------------------------------------------------------------------
+# sha256 verification, once per file.
+#
+# Network pickles reach gigabytes; hashing one on every start would cost seconds. A file that
+# passed keeps its entry in a small JSON file in the cache folder, keyed by what changes when
+# the file does: real path, size, mtime_ns and ctime_ns (the last cannot be set back by
+# `cp -p` or `touch -d`, so a replaced file with a restored mtime is hashed again).
+
+VERIFIED_CACHE_NAME = "sha256-verified.json"
+
+
+def _verified_cache_path() -> str:
+    return make_cache_dir_path(VERIFIED_CACHE_NAME)
+
+
+def _file_key(path: str) -> Tuple[str, dict]:
+    st = os.stat(path)
+    return os.path.realpath(path), {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                    "ctime_ns": st.st_ctime_ns}
+
+
+def _read_verified() -> dict:
+    try:
+        with open(_verified_cache_path(), encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # no cache or a damaged one: hashing again is always safe
+
+
+def _remember_verified(real: str, stamp: dict, sha256: str) -> None:
+    cache_path = _verified_cache_path()
+    data = _read_verified()
+    data[real] = dict(stamp, sha256=sha256)
+    tmp = f"{cache_path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=0, sort_keys=True)
+        os.replace(tmp, cache_path)  # concurrent writers: the last one wins, others rehash later
+    except OSError:
+        pass  # a read-only cache folder only costs a rehash next time
+    finally:
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def is_verified(path: str, sha256: str) -> bool:
+    """True if `path`, unchanged since, was already found to have this sha256."""
+    real, stamp = _file_key(path)
+    entry = _read_verified().get(real)
+    return entry == dict(stamp, sha256=sha256.lower())
+
+
+def verify_sha256(path: str, sha256: str, hint: str = None) -> str:
+    """Check that the file at `path` has the given sha256, hashing it only if it changed.
+
+    Raises ChecksumError with a one-line message naming the file; `hint` replaces the default
+    advice on what to do. Returns `path`.
+    """
+    sha256 = sha256.lower()
+    if is_verified(path, sha256):
+        return path
+    real, stamp = _file_key(path)
+    got = sha256_of_file(path)
+    if got != sha256:
+        hint = hint or ("delete it and download it again, or reinstall the package it came with")
+        raise ChecksumError(f"{path} is damaged or a different file than expected: its sha256 is "
+                            f"{got[:16]}..., expected {sha256[:16]}...; {hint}")
+    _remember_verified(real, stamp, sha256)
+    return path
+
+
 def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: bool = True,
              return_filename: bool = False, cache: bool = True, sha256: str = None,
              timeout: float = 60.0) -> Any:
@@ -346,15 +431,11 @@ def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: b
     assert num_attempts >= 1
     assert not (return_filename and not cache)
 
-    if not re.match(r"^[a-z][a-z0-9+.-]*://", url):
-        if return_filename:
-            return url
-        return open(url, "rb")
-    if url.startswith("file://"):
-        path = _file_url_to_path(url)
-        if return_filename:
-            return path
-        return open(path, "rb")
+    if not re.match(r"^[a-z][a-z0-9+.-]*://", url) or url.startswith("file://"):
+        path = _file_url_to_path(url) if url.startswith("file://") else url
+        if sha256 is not None:
+            verify_sha256(path, sha256)  # local copies are checked as strictly as downloads
+        return path if return_filename else open(path, "rb")
     if not is_url(url):
         raise DownloadError(f"not a supported URL: {url!r} (use http(s)://, file:// or a local path)")
 
@@ -363,17 +444,19 @@ def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: b
     url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
     cached = _find_cached(cache_dir, url_md5) if cache else None
     if cached is not None:
-        if sha256 is not None and _sha256_of_file(cached) != sha256.lower():
-            os.remove(cached)  # a stale or tampered cache entry: fetch again
-        else:
+        try:
+            if sha256 is not None:
+                verify_sha256(cached, sha256)
             return cached if return_filename else open(cached, "rb")
+        except ChecksumError:
+            os.remove(cached)  # a stale or tampered cache entry: fetch again
 
     data, url_name = _download(url, num_attempts=num_attempts, verbose=verbose, timeout=timeout)
     cache_path = os.path.join(cache_dir, url_md5 + "_" + _safe_cache_name(url_name))
     if sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != sha256.lower():
-            raise DownloadError(
+            raise ChecksumError(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}; "
                 "the file may be corrupt or replaced upstream - do not use it")
 
@@ -387,12 +470,15 @@ def open_url(url: str, cache_dir: str = None, num_attempts: int = 10, verbose: b
         finally:
             if os.path.exists(tmp_path):
                 os.remove(tmp_path)
+        if sha256 is not None:  # hashed in memory above; the next open need not hash again
+            _remember_verified(*_file_key(cache_path), sha256.lower())
         if return_filename:
             return cache_path
     return io.BytesIO(data)
 
 
-def _sha256_of_file(path: str) -> str:
+def sha256_of_file(path: str) -> str:
+    """Hex sha256 of a file's contents, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
