@@ -123,8 +123,8 @@ def refine(kind, args):
     if args.smoke:
         gen, teacher, detector, ref = make_smoke_inputs(os.path.join(args.outdir, "smoke-inputs"),
                                                         kind == "cond")
-        # Two "GPUs" on the CPU, a global batch of 4, two snapshots, a few hundred images.
-        cli = ["--gen", gen, "--teacher", teacher, "--batch", "4", "--kimg", "0.008", "--snap",
+        # Two "GPUs" on the CPU, a global batch of 4, one step, a hundred-odd images.
+        cli = ["--gen", gen, "--teacher", teacher, "--batch", "4", "--kimg", "0.004", "--snap",
                "0.004", "--grid", "2", "--device", "cpu", "--metrics", "fid",
                "--metrics-ref", ref, "--metrics-detector", detector, "--metrics-num", "128"]
         nproc = 2

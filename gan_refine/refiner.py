@@ -29,7 +29,7 @@ from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
 from .sigma import bin_index, bin_labels, make_sigma_law
 from .snapshot import capture_global_rng, restore_global_rng
 
-__all__ = ["Refiner", "refine", "NonFiniteError", "resolve_device", "steps_for_kimg"]
+__all__ = ["Refiner", "refine", "NonFiniteError", "NonFiniteWeightsError", "resolve_device", "steps_for_kimg"]
 
 
 def steps_for_kimg(kimg, batch):
@@ -80,6 +80,29 @@ class _SharedDropout:
     def __call__(self, x, sigma, c):
         with _global_rng_scope(self.seed, self.device):
             return self.net(x, sigma, c)
+
+
+class NonFiniteWeightsError(ValueError):
+    """An input network (`what`: 'generator' or 'teacher') holds NaN/inf weights."""
+
+    def __init__(self, message, what):
+        super().__init__(message)
+        self.what = what
+
+
+def _check_finite_weights(net, what):
+    """NaN/inf weights in an input network: say so now, not as a failed first step."""
+    if not isinstance(net, torch.nn.Module):
+        return
+    bad = total = 0
+    for t in net.state_dict().values():
+        if torch.is_floating_point(t):
+            total += t.numel()
+            bad += int((~torch.isfinite(t)).sum())
+    if bad:
+        raise NonFiniteWeightsError(f"the {what}'s weights hold NaN/inf ({bad} of {total} values): the "
+                                    f"pickle is damaged or was saved after its training diverged; use "
+                                    f"another snapshot", what)
 
 
 def _adapt_generator(obj, gen_key, kw):
@@ -134,6 +157,8 @@ class Refiner:
         gen = _adapt_generator(generator, gen_key, generator_kwargs or {})
         teacher = _adapt_teacher(teacher, teacher_kwargs or {})
         check_compatible(gen, teacher)
+        for net, what in ((gen, "generator"), (teacher, "teacher")):
+            _check_finite_weights(net, what)
 
         # Our own copies: the user's generator stays as it was.
         self.G = copy.deepcopy(gen).to(self.device)

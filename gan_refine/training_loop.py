@@ -218,7 +218,7 @@ def launch(run, state=None, dry_run=False, progress=True, *, generator=None, tea
 
 def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
     from .adapters import IncompatibleModelsError
-    from .refiner import NonFiniteError, Refiner, steps_for_kimg
+    from .refiner import NonFiniteError, NonFiniteWeightsError, Refiner, steps_for_kimg
 
     if dist.enabled and run.refine.batch % dist.world_size:
         raise RunError(f"--batch {run.refine.batch} is the global batch, split evenly over the "
@@ -256,6 +256,9 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
                           gen_key=run.gen_key, dist=dist)
     except IncompatibleModelsError as err:
         raise RunError(err) from None
+    except NonFiniteWeightsError as err:
+        source = gen_target if err.what == "generator" else teacher_target
+        raise RunError(f"--{'gen' if err.what == 'generator' else 'teacher'} {source}: {err}") from None
     except (TypeError, ValueError) as err:
         raise RunError(err) from None
     probs = run.refine.label_probs

@@ -82,15 +82,19 @@ def _one_process(args, outdir):
 
 
 def _compare_exports(a_pkl, b_pkl, start_pkl):
-    """Max |a - b| over every G/G_ema tensor, and how far training moved them (the scale)."""
+    """Largest difference between two exports over every G/G_ema tensor, relative to the
+    tensor's own scale (max(1, max|t|), so a few float32 ulp read as ~1e-7), and how far
+    training moved the weights on the same scale."""
     a, b, s = load_network_pkl(a_pkl), load_network_pkl(b_pkl), load_network_pkl(start_pkl)
     worst, moved = 0.0, 0.0
     for key in ("G_ema", "G"):
         sa, sb, ss = a[key].state_dict(), b[key].state_dict(), s[key].state_dict()
         assert sa.keys() == sb.keys()
         for name in sa:
-            worst = max(worst, (sa[name].double() - sb[name].double()).abs().max().item())
-            moved = max(moved, (sa[name].double() - ss[name].double()).abs().max().item())
+            ta, tb, ts = sa[name].double(), sb[name].double(), ss[name].double()
+            scale = max(1.0, ta.abs().max().item())
+            worst = max(worst, (ta - tb).abs().max().item() / scale)
+            moved = max(moved, (ta - ts).abs().max().item() / scale)
     return worst, moved
 
 

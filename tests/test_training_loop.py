@@ -1,0 +1,142 @@
+"""The run as a library (gan_refine.training_loop) and the Refiner's guarantees around faults."""
+
+import copy
+import os
+import pickle
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gan_refine import nets
+from gan_refine.cli import main
+from gan_refine.config import RefineConfig, RunConfig
+from gan_refine.losses import ikl_generator_loss
+from gan_refine.pickles import load_network_pkl, save_network_pkl
+from gan_refine.refiner import NonFiniteError, Refiner
+from gan_refine.snapshot import load_state, save_state
+from gan_refine.training_loop import RunError, launch
+
+FAST = ["--batch", "4", "--grid", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def pkls(tmp_path_factory):
+    d = tmp_path_factory.mktemp("loop-pkls")
+    save_network_pkl(nets.stylegan2_pkl_dict(res=8, seed=0), d / "gen.pkl")
+    save_network_pkl(nets.edm_pkl_dict(res=8, seed=3), d / "teacher.pkl")
+    return dict(gen=str(d / "gen.pkl"), teacher=str(d / "teacher.pkl"))
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor in a nested state, by path (optimiser states included)."""
+    out = {}
+    if torch.is_tensor(obj):
+        out[prefix] = obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_tensors(v, f"{prefix}/{k}"))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(_tensors(v, f"{prefix}/{i}"))
+    return out
+
+
+def test_non_finite_generator_loss_leaves_the_refiner_as_it_was(pkls):
+    poison = {"on": False}
+
+    def loss(fake, teacher, x0, sigma, noise, c):
+        per_sample, figs = ikl_generator_loss(fake, teacher, x0, sigma, noise, c)
+        return (per_sample * float("nan"), figs) if poison["on"] else (per_sample, figs)
+    cfg = RefineConfig(batch=4, device="cpu", lr_gen=1e-3, lr_fake=1e-3)
+    r = Refiner(load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"]), cfg, generator_loss=loss)
+    r.step()
+    before = copy.deepcopy(_tensors(r.state_dict()))
+    poison["on"] = True
+    with pytest.raises(NonFiniteError, match="left as it was before this step"):
+        r.step()  # the fake score has stepped by then; it must be undone
+    after = _tensors(r.state_dict())
+    assert before.keys() == after.keys()
+    changed = [k for k in before if "global" not in k and not torch.equal(before[k], after[k])]
+    assert changed == []
+    # Continuing gives exactly what a refiner that never saw the NaN gives.
+    poison["on"] = False
+    r.step()
+    ref = Refiner(load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"]), cfg, generator_loss=loss)
+    ref.step()
+    ref.step()
+    for (k, a), b in zip(ref.G.state_dict().items(), r.G.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_nan_weights_in_the_input_are_blamed_on_the_input(pkls, tmp_path):
+    data = load_network_pkl(pkls["gen"])
+    with torch.no_grad():
+        next(data["G_ema"].parameters()).fill_(float("nan"))
+    bad = tmp_path / "nan-gen.pkl"
+    save_network_pkl(data, bad)
+    r = _invoke(["--gen", bad, "--teacher", pkls["teacher"], "--kimg", 0.008,
+                                  "--outdir", tmp_path / "runs"] + FAST)
+    assert r.exit_code == 1
+    err = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and "generator's weights hold NaN/inf" in err[0] and str(bad) in err[0]
+    assert "--lr" not in err[0]
+    assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+class _Marker:
+    """Unpickling this writes a file: stands in for a hostile network pickle."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('loaded')",))
+
+
+def test_resume_never_loads_a_pickle_named_only_in_the_state(pkls, tmp_path):
+    r = _invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.004,
+                                  "--outdir", tmp_path / "runs"] + FAST)
+    assert r.exit_code == 0, r.output
+    run = os.path.join(tmp_path / "runs", os.listdir(tmp_path / "runs")[0])
+    marker = tmp_path / "marker"
+    hostile = tmp_path / "hostile.pkl"
+    with open(hostile, "wb") as f:
+        pickle.dump(_Marker(str(marker)), f)
+    state = load_state(run)
+    state["run"] = dict(state["run"], gen=str(hostile), gen_name=str(hostile),
+                        teacher="https://127.0.0.1:9/evil.pkl", teacher_name="https://127.0.0.1:9/evil.pkl")
+    save_state(os.path.join(run, "refine-state.pt"), state)
+    r = _invoke(["--resume", run, "--kimg", 0.008])
+    assert r.exit_code == 1
+    assert "--resume needs --gen and --teacher again" in r.output and str(hostile) in r.output
+    assert not marker.exists()
+    r = _invoke(["--resume", run, "--gen", pkls["gen"], "--kimg", 0.008])
+    assert r.exit_code == 1 and "--resume needs --teacher again" in r.output
+    assert not marker.exists()
+
+
+def test_launch_from_python_with_in_memory_networks(pkls, tmp_path):
+    run = RunConfig(gen="", teacher="", kimg=0.008, snap=0.004, grid=2, outdir=str(tmp_path / "runs"),
+                    refine=RefineConfig(batch=4, device="cpu", lr_gen=1e-3))
+    gen, teacher = load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"])
+    run_dir = launch(run, generator=gen, teacher=teacher, progress=False)
+    files = set(os.listdir(run_dir))
+    assert {"network-snapshot-000001.pkl", "network-snapshot-000002.pkl", "refine-state.pt",
+            "stats.jsonl", "refine_options.json"} <= files
+    out = load_network_pkl(os.path.join(run_dir, "network-snapshot-000002.pkl"))
+    assert set(out) >= {"G", "G_ema", "D", "gan_refine"}
+    # The stream's metadata holds plain data only (str, int, float, bool, list, dict, None).
+    def plain(v):
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return v is None or type(v) in (str, int, float, bool)
+    assert plain(out["gan_refine"])
+    with pytest.raises(RunError, match="raise --kimg"):
+        launch(run, state=load_state(run_dir), generator=gen, teacher=teacher, progress=False)
