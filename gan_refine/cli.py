@@ -18,23 +18,16 @@ import math
 
 import click
 
+from dataclasses import fields
+
 from .config import (LOSSES, NORMALIZE, PRECISIONS, SIGMA_LAWS, TEACHER_MODES, RefineConfig,
-                     RunConfig)
+                     RunConfig, field_default, field_help)
 
 __all__ = ["main", "resolve_run_config"]
 
-_R = RefineConfig()  # defaults, defined once in config.py
-_RUN = RunConfig()
 
-# CLI option name -> RefineConfig field, for the method settings.
-_METHOD_OPTIONS = {
-    "batch": "batch", "lr_gen": "lr_gen", "lr_fake": "lr_fake", "adam_eps": "adam_eps",
-    "fake_updates": "fake_updates", "fake_warmup": "fake_warmup", "loss": "loss", "normalize": "normalize",
-    "sid_alpha": "sid_alpha", "sigma_law": "sigma_law", "p_mean": "P_mean", "p_std": "P_std",
-    "sigma_min": "sigma_min", "sigma_max": "sigma_max", "rho": "rho", "t_max": "t_max",
-    "teacher_mode": "teacher_mode", "ema_kimg": "ema_kimg", "ema_rampup": "ema_rampup",
-    "grad_clip": "grad_clip", "precision": "precision", "device": "device", "seed": "seed",
-}
+# RefineConfig fields set by an option of the same name (the rest are parsed specially).
+_METHOD_OPTIONS = [f.name for f in fields(RefineConfig) if f.name not in ("betas", "label_probs", "gap_bins")]
 _POS = click.FloatRange(min=0, min_open=True)
 
 
@@ -54,70 +47,67 @@ class _Command(click.Command):
             raise click.ClickException(f"{err.format_message()} (all options: {ctx.command_path} --help)") from None
 
 
+_MISSING = object()
+
+
+def _run_opt(flag, name, cli_default=_MISSING, **kw):
+    """An option whose default and help are RunConfig's field `name`."""
+    default = field_default(RunConfig, name) if cli_default is _MISSING else cli_default
+    return click.option(flag, name, default=default, help=field_help(RunConfig, name), **kw)
+
+
+def _method_opt(flag, name, **kw):
+    """An option whose default and help are RefineConfig's field `name`."""
+    return click.option(flag, name, default=field_default(RefineConfig, name),
+                        help=field_help(RefineConfig, name), **kw)
+
+
+_UNIT = click.FloatRange(0, 1, max_open=True)
+
+
 @click.command(cls=_Command, context_settings=dict(show_default=True, max_content_width=110,
-                                     help_option_names=["-h", "--help"]))
-@click.option("--gen", type=str, default=None,
-              help="Generator network pickle: path, URL or name from pretrained_urls.json.  [required unless --resume]")
-@click.option("--teacher", type=str, default=_RUN.teacher,
-              help="Diffusion teacher pickle: path, URL, name, or a family/data-set word ('edm', "
-                   "'digits') to pick the table's teacher matching the generator.")
-@click.option("--start-from", "gen_key", type=click.Choice(["G_ema", "G"]), default=_RUN.gen_key,
-              help="Which generator of the pickle to refine.")
-@click.option("--outdir", type=click.Path(file_okay=False), default=_RUN.outdir,
-              help="Where to create the numbered run folder.")
-@click.option("--kimg", type=float, default=_RUN.kimg, help="Refinement length in thousands of generated images.")
-@click.option("--snap", type=float, default=_RUN.snap, help="Snapshot interval in thousands of images.")
-@click.option("--grid", type=click.IntRange(min=0), default=_RUN.grid, help="Sample grid side (grid x grid images); 0 = no grids.")
-@click.option("--resume", type=click.Path(), default=None,
-              help="Continue from a refine-state.pt (or the run folder holding it); unset options come from it.")
-@click.option("--metrics", type=str, default="none",
-              help="Evaluate G_ema before refining and at every snapshot: comma-separated fid, kid, pr "
-                   "(or fid50k_full, kid50k_full, pr50k3_full); or none.")
-@click.option("--metrics-ref", type=str, default=_RUN.metrics_ref,
-              help="Reference for --metrics: statistics .npz (mu/sigma), image folder or array, URL, or a "
-                   "'fid-ref' name; auto = the table's statistics for the generator's data set.")
-@click.option("--metrics-num", type=click.IntRange(min=2), default=None,
-              help="Generated images per evaluation.  [default: the reference's protocol (2,000 for digits), else 50,000]")
-@click.option("--metrics-detector", type=str, default=_RUN.metrics_detector,
-              help="Feature network for --metrics; auto = the reference's own, else Inception-v3.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and exit.")
-@click.option("--batch", type=click.IntRange(min=1), default=_R.batch, help="Images per generator update.")
-@click.option("--lr-gen", type=_POS, default=_R.lr_gen, help="Generator learning rate (Adam).")
-@click.option("--lr-fake", type=_POS, default=_R.lr_fake, help="Fake-score learning rate (Adam).")
-@click.option("--betas", type=(click.FloatRange(0, 1, max_open=True), click.FloatRange(0, 1, max_open=True)),
-              default=_R.betas, help="Adam betas for both networks.")
-@click.option("--adam-eps", type=_POS, default=_R.adam_eps, help="Adam epsilon.")
-@click.option("--fake-updates", type=click.IntRange(min=1), default=_R.fake_updates,
-              help="Fake-score updates per generator update.")
-@click.option("--fake-warmup", type=click.IntRange(min=0), default=_R.fake_warmup,
-              help="Extra fake-score updates on the starting generator's samples before the first generator update.")
-@click.option("--loss", type=click.Choice(LOSSES), default=_R.loss, help="Generator loss: Diff-Instruct IKL or SiD.")
-@click.option("--normalize", type=click.Choice(NORMALIZE), default=_R.normalize,
-              help="'dmd' divides the IKL gradient by mean|x0 - D_T| per sample.")
-@click.option("--sid-alpha", type=float, default=_R.sid_alpha, help="SiD's alpha (with --loss sid).")
-@click.option("--sigma-law", type=click.Choice(SIGMA_LAWS), default=_R.sigma_law, help="Noise-level law.")
-@click.option("--p-mean", type=float, default=_R.P_mean, help="Log-normal law: mean of ln(sigma).")
-@click.option("--p-std", type=_POS, default=_R.P_std, help="Log-normal law: std of ln(sigma).")
-@click.option("--sigma-min", type=_POS, default=_R.sigma_min, help="Karras-uniform law: smallest sigma.")
-@click.option("--sigma-max", type=_POS, default=_R.sigma_max, help="Karras-uniform law: largest sigma.")
-@click.option("--rho", type=_POS, default=_R.rho, help="Karras-uniform law: schedule exponent.")
-@click.option("--t-max", type=click.FloatRange(0, 1, min_open=True), default=_R.t_max,
-              help="Karras-uniform law: fraction of the schedule used.")
-@click.option("--teacher-mode", type=click.Choice(TEACHER_MODES), default=_R.teacher_mode,
-              help="'eval', or 'train' (teacher and fake score share one dropout mask).")
-@click.option("--ema-kimg", type=click.FloatRange(min=0), default=_R.ema_kimg, help="Generator EMA half-life in kimg.")
-@click.option("--ema-rampup", type=click.FloatRange(min=0), default=_R.ema_rampup,
-              help="EMA ramp-up ratio; 0 disables.")
-@click.option("--grad-clip", type=click.FloatRange(min=0), default=_R.grad_clip,
-              help="Clip gradients to this L2 norm; 0 disables.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_R.precision,
-              help="fp32; tf32, bf16 and fp16 (with loss scaling) need CUDA.")
-@click.option("--device", type=str, default=_R.device, help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0', ...")
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=_R.seed, help="Seed of every random draw.")
-@click.option("--label-probs", type=str, default=None,
-              help="Comma-separated class weights for conditional generators (default: uniform).")
-@click.option("--dist-timeout", type=_POS, default=_RUN.dist_timeout,
-              help="Seconds a process waits for the others (torchrun runs) before it gives up with an error.")
+                                                   help_option_names=["-h", "--help"]))
+@_run_opt("--gen", "gen", cli_default=None, type=str)
+@_run_opt("--teacher", "teacher", type=str)
+@_run_opt("--start-from", "gen_key", type=click.Choice(["G_ema", "G"]))
+@_run_opt("--outdir", "outdir", type=click.Path(file_okay=False))
+@_run_opt("--kimg", "kimg", type=float)
+@_run_opt("--snap", "snap", type=float)
+@_run_opt("--grid", "grid", type=click.IntRange(min=0))
+@_run_opt("--resume", "resume", type=click.Path())
+@_run_opt("--metrics", "metrics", cli_default="none", type=str)
+@_run_opt("--metrics-ref", "metrics_ref", type=str)
+@_run_opt("--metrics-num", "metrics_num", type=click.IntRange(min=2))
+@_run_opt("--metrics-detector", "metrics_detector", type=str)
+@click.option("--dry-run", "-n", "dry_run", is_flag=True,
+              help="Check every option, print the resolved configuration as JSON and the run folder "
+                   "it would create, and exit without loading networks or writing anything.")
+@_method_opt("--batch", "batch", type=click.IntRange(min=1))
+@_method_opt("--lr-gen", "lr_gen", type=_POS)
+@_method_opt("--lr-fake", "lr_fake", type=_POS)
+@_method_opt("--betas", "betas", type=(_UNIT, _UNIT))
+@_method_opt("--adam-eps", "adam_eps", type=_POS)
+@_method_opt("--fake-updates", "fake_updates", type=click.IntRange(min=1))
+@_method_opt("--fake-warmup", "fake_warmup", type=click.IntRange(min=0))
+@_method_opt("--loss", "loss", type=click.Choice(LOSSES))
+@_method_opt("--normalize", "normalize", type=click.Choice(NORMALIZE))
+@_method_opt("--sid-alpha", "sid_alpha", type=float)
+@_method_opt("--sigma-law", "sigma_law", type=click.Choice(SIGMA_LAWS))
+@_method_opt("--p-mean", "P_mean", type=float)
+@_method_opt("--p-std", "P_std", type=_POS)
+@_method_opt("--sigma-min", "sigma_min", type=_POS)
+@_method_opt("--sigma-max", "sigma_max", type=_POS)
+@_method_opt("--rho", "rho", type=_POS)
+@_method_opt("--t-max", "t_max", type=click.FloatRange(0, 1, min_open=True))
+@_method_opt("--teacher-mode", "teacher_mode", type=click.Choice(TEACHER_MODES))
+@_method_opt("--ema-kimg", "ema_kimg", type=click.FloatRange(min=0))
+@_method_opt("--ema-rampup", "ema_rampup", type=click.FloatRange(min=0))
+@_method_opt("--grad-clip", "grad_clip", type=click.FloatRange(min=0))
+@_method_opt("--precision", "precision", type=click.Choice(PRECISIONS))
+@_method_opt("--device", "device", type=str)
+@_method_opt("--seed", "seed", type=click.IntRange(0, 2 ** 63 - 1))
+@_method_opt("--label-probs", "label_probs", type=str)
+@_run_opt("--dist-timeout", "dist_timeout", type=_POS)
 @click.pass_context
 def main(ctx, **opts):
     """Refine a GAN generator with Diff-Instruct against a diffusion teacher."""
@@ -131,6 +121,27 @@ def main(ctx, **opts):
     except KeyboardInterrupt:
         raise click.ClickException("aborted by a second Ctrl-C; no snapshot was written for the "
                                    "unfinished step (the last one written is intact)") from None
+
+
+def options_markdown():
+    """The options table of docs/cli.md, made from the command itself (its help and defaults
+    come from the config fields), so the docs cannot drift from --help."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for p in main.params:
+        if not isinstance(p, click.Option) or p.name == "help":
+            continue
+        flags = ", ".join(f"`{o}`" for o in p.opts + p.secondary_opts)
+        if p.is_flag:
+            default = "off"
+        elif p.default is None or p.default == ():
+            default = ""
+        elif isinstance(p.default, (tuple, list)):
+            default = " ".join(str(v) for v in p.default)
+        else:
+            default = str(p.default)
+        text = " ".join((p.help or "").split()).replace("|", "\\|")
+        rows.append(f"| {flags} | {f'`{default}`' if default else ''} | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---------------------------------------------------------------------------- config
@@ -174,8 +185,8 @@ def resolve_run_config(opts, explicit=()):
         saved_run = state.get("run", {})
         _check_resume_sources(opts, explicit, saved_run)
     method = {}
-    for opt, name in _METHOD_OPTIONS.items():
-        method[name] = saved_method[name] if (name in saved_method and opt not in explicit) else opts[opt]
+    for name in _METHOD_OPTIONS:
+        method[name] = saved_method[name] if (name in saved_method and name not in explicit) else opts[name]
     method["betas"] = saved_method["betas"] if ("betas" in saved_method and "betas" not in explicit) \
         else list(opts["betas"])
     probs = _parse_probs(opts.get("label_probs"))

@@ -1,7 +1,9 @@
 """Resolved options of a refinement, each default defined once (docs/design.md, "The method").
 
 `RefineConfig` holds everything the Refiner needs (the method); `RunConfig` adds what only a
-command-line run needs (sources, duration, outputs). The CLI takes its defaults from here.
+command-line run needs (sources, duration, outputs). Each field carries its help text; the CLI
+builds its options from these fields (default and help), and docs/cli.md's options table is
+generated from the CLI, so the three cannot disagree (tests/test_cli.py checks the docs).
 """
 
 import dataclasses
@@ -10,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
-__all__ = ["RefineConfig", "RunConfig", "LOSSES", "NORMALIZE", "SIGMA_LAWS", "PRECISIONS",
+__all__ = ["RefineConfig", "RunConfig", "field_help", "field_default", "LOSSES", "NORMALIZE", "SIGMA_LAWS", "PRECISIONS",
            "TEACHER_MODES", "METHOD_FIELDS_RESUMABLE"]
 
 LOSSES = ("ikl", "sid")
@@ -20,62 +22,58 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 TEACHER_MODES = ("eval", "train")
 
 
+def _opt(default=dataclasses.MISSING, help="", *, factory=None, why=""):
+    """A field with its help text (the CLI's --help and docs/cli.md read it from here).
+    `why`: where the default comes from, shown in the docs' options table."""
+    meta = {"help": help, "why": why}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RefineConfig:
-    # Images per generator update; the official Diff-Instruct README run used 128.
-    batch: int = 128
-    # Generator learning rate (official Diff-Instruct code).
-    lr_gen: float = 1e-5
-    # Fake-score learning rate (official Diff-Instruct code).
-    lr_fake: float = 1e-5
-    # Adam betas for both optimisers; beta1 = 0 as in the official code.
-    betas: Tuple[float, float] = (0.0, 0.999)
-    # Adam epsilon for both optimisers.
-    adam_eps: float = 1e-8
-    # Fake-score updates before each generator update (1:1 alternation; DMD2 used 5).
-    fake_updates: int = 1
-    # Extra fake-score updates before the first generator update, so the fake score (a copy of
-    # the teacher) has learnt the starting generator's samples before it steers the generator.
-    fake_warmup: int = 0
-    # Generator loss: 'ikl' (Diff-Instruct) or 'sid' (Score identity Distillation).
-    loss: str = "ikl"
-    # 'dmd' divides the IKL gradient by mean|x0 - D_T| per sample (DMD); 'none' keeps it raw.
-    normalize: str = "none"
-    # SiD's alpha (the default of SiD's reference code).
-    sid_alpha: float = 1.2
-    # Noise-level law: EDM's log-normal, or uniform over the Karras schedule.
-    sigma_law: str = "lognormal"
-    # Log-normal law mean of ln(sigma) (EDM training default).
-    P_mean: float = -1.2
-    # Log-normal law std of ln(sigma) (EDM training default).
-    P_std: float = 1.2
-    # Karras-uniform law: smallest noise level (EDM sampler default).
-    sigma_min: float = 0.002
-    # Karras-uniform law: largest noise level (EDM sampler default).
-    sigma_max: float = 80.0
-    # Karras-uniform law: schedule curvature (EDM sampler default).
-    rho: float = 7.0
-    # Karras-uniform law: fraction of the schedule used from the clean end (SiD used 0.8).
-    t_max: float = 1.0
-    # 'eval': teacher and fake score in eval mode for the generator step (deterministic g);
-    # 'train': both in train mode with one shared dropout mask, as the official code ran them.
-    teacher_mode: str = "eval"
-    # Generator EMA half-life in thousands of images (EDM's training-loop default).
-    ema_kimg: float = 500.0
-    # EMA ramp-up: half-life at most this fraction of the images seen so far; 0 disables.
-    ema_rampup: float = 0.05
-    # Clip each network's gradient to this global L2 norm; 0 disables clipping.
-    grad_clip: float = 0.0
-    # fp32 everywhere; tf32, bf16 (autocast) and fp16 (autocast + loss scaling) need CUDA.
-    precision: str = "fp32"
-    # 'auto' picks CUDA when available, else CPU; or any torch device string.
-    device: str = "auto"
-    # Seeds every random draw of the run (latents, labels, noise levels, noise, dropout).
-    seed: int = 0
-    # Label distribution for conditional generators (one weight per class); None = uniform.
-    label_probs: Optional[List[float]] = None
-    # Noise-level bin edges for the logged mean |D_phi - D_T| per bin.
-    gap_bins: Tuple[float, ...] = (0.1, 0.5, 2.0, 10.0)
+    batch: int = _opt(128, "Images per generator update: the global batch, split over processes.",
+                      why="official Diff-Instruct README run")
+    lr_gen: float = _opt(1e-5, "Generator learning rate (Adam).", why="official Diff-Instruct README run")
+    lr_fake: float = _opt(1e-5, "Fake-score learning rate (Adam).", why="official Diff-Instruct README run")
+    betas: Tuple[float, float] = _opt((0.0, 0.999), "Adam betas for both networks.",
+                                      why="official code (beta1 = 0)")
+    adam_eps: float = _opt(1e-8, "Adam epsilon.", why="PyTorch and official code")
+    fake_updates: int = _opt(1, "Fake-score updates per generator update.",
+                             why="official 1:1 alternation (DMD2 used 5)")
+    # The fake score starts as a copy of the teacher, i.e. as the data's score, not the
+    # generator's: warming it up first lets it learn the generator before steering it.
+    fake_warmup: int = _opt(0, "Extra fake-score updates on the starting generator's samples before "
+                               "the first generator update.")
+    loss: str = _opt("ikl", "Generator loss: 'ikl' (Diff-Instruct) or 'sid' (Score identity Distillation).")
+    normalize: str = _opt("none", "'dmd' divides the IKL gradient by mean|x0 - D_T| per sample (DMD).")
+    sid_alpha: float = _opt(1.2, "SiD's alpha (with --loss sid).", why="SiD's reference code")
+    sigma_law: str = _opt("lognormal", "Noise-level law: EDM's 'lognormal', or 'karras-uniform' over "
+                                       "the Karras schedule.")
+    P_mean: float = _opt(-1.2, "Log-normal law: mean of ln(sigma).", why="EDM training default")
+    P_std: float = _opt(1.2, "Log-normal law: std of ln(sigma).", why="EDM training default")
+    sigma_min: float = _opt(0.002, "Karras-uniform law: smallest sigma.", why="EDM sampler default")
+    sigma_max: float = _opt(80.0, "Karras-uniform law: largest sigma.", why="EDM sampler default")
+    rho: float = _opt(7.0, "Karras-uniform law: schedule exponent.", why="EDM sampler default")
+    t_max: float = _opt(1.0, "Karras-uniform law: fraction of the schedule used from the clean end.",
+                        why="SiD used 0.8")
+    # 'eval' makes the generator's gradient deterministic given its inputs; the official code
+    # ran both networks in train mode with one shared dropout mask ('train').
+    teacher_mode: str = _opt("eval", "'eval', or 'train' (teacher and fake score in train mode with "
+                                     "one shared dropout mask, as the official code).")
+    ema_kimg: float = _opt(500.0, "Generator EMA half-life in kimg.", why="EDM training loop")
+    ema_rampup: float = _opt(0.05, "EMA ramp-up: half-life at most this fraction of the images seen; "
+                                   "0 disables.", why="EDM training loop")
+    grad_clip: float = _opt(0.0, "Clip each network's gradient to this L2 norm; 0 disables.")
+    precision: str = _opt("fp32", "fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast with loss "
+                                  "scaling); all but fp32 need CUDA.")
+    device: str = _opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0', ...")
+    seed: int = _opt(0, "Seed of every random draw (latents, labels, noise levels, noise, dropout).")
+    label_probs: Optional[List[float]] = _opt(None, "Comma-separated class weights for conditional "
+                                                    "generators (default: uniform).")
+    gap_bins: Tuple[float, ...] = _opt((0.1, 0.5, 2.0, 10.0), "Noise-level bin edges for the logged "
+                                                              "mean |D_phi - D_T| per bin.")
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -134,42 +132,54 @@ class RefineConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _field(cls, name):
+    for f in fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_help(cls, name):
+    """The help text of a config field, and where its default comes from."""
+    f = _field(cls, name)
+    why = f.metadata.get("why")
+    return f.metadata.get("help", "") + (f" Default from: {why}." if why else "")
+
+
+def field_default(cls, name):
+    f = _field(cls, name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 # Method settings a resumed run may change without breaking the run it continues.
 METHOD_FIELDS_RESUMABLE = ("device", "precision")
 
 
 @dataclass
 class RunConfig:
-    # Generator network pickle: path, URL or name from pretrained_urls.json.
-    gen: str = ""
-    # Teacher: path, URL, name, or 'edm' to pick the EDM model matching the generator.
-    teacher: str = "edm"
-    # Which generator of the pickle to start from (the EMA one, as upstream exports it).
-    gen_key: str = "G_ema"
-    # Root folder; each run gets a fresh numbered sub-folder inside.
-    outdir: str = "runs"
-    # Duration in thousands of generated images (generator updates x batch).
-    kimg: float = 200.0
-    # Snapshot interval in thousands of images (a snapshot is also written at the end).
-    snap: float = 50.0
-    # Sample grid side (grid x grid images with fixed seeds); 0 disables grids.
-    grid: int = 8
-    # State file of an earlier run to continue from (or that run's folder).
-    resume: Optional[str] = None
-    # Metrics computed on G_ema before refining and at every snapshot ('fid', 'kid', 'pr').
-    metrics: List[str] = field(default_factory=list)
-    # Their reference: statistics .npz, image folder/array, URL or table name; 'auto' = the
-    # table's reference statistics for the generator's data set and resolution.
-    metrics_ref: str = "auto"
-    # Generated images per evaluation; None = the reference's protocol (table 'eval_num'),
-    # else 50,000 as in the standard FID.
-    metrics_num: Optional[int] = None
-    # Feature network; 'auto' = the one the reference was made with, else Inception-v3.
-    metrics_detector: str = "auto"
-    # Seconds a process of a multi-process run waits for the others before it fails: long
-    # enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
-    dist_timeout: float = 900.0
-    # The method settings.
+    gen: str = _opt("", "Generator network pickle: path, URL or name from pretrained_urls.json.")
+    teacher: str = _opt("edm", "Diffusion teacher pickle: path, URL, name, or a family/data-set word "
+                               "('edm', 'digits') to pick the table's teacher matching the generator.")
+    gen_key: str = _opt("G_ema", "Which generator of the pickle to refine.", why="upstream's EMA export")
+    outdir: str = _opt("runs", "Where to create the numbered run folder.")
+    kimg: float = _opt(200.0, "Refinement length in thousands of generated images.")
+    snap: float = _opt(50.0, "Snapshot interval in thousands of images (and one at the end).")
+    grid: int = _opt(8, "Sample grid side (grid x grid images, fixed seeds); 0 = no grids.")
+    resume: Optional[str] = _opt(None, "Continue from a refine-state.pt (or the run folder holding it); "
+                                       "needs --gen and --teacher again, other unset options come from it.")
+    metrics: List[str] = _opt(help="Evaluate G_ema before refining and at every snapshot: comma-separated "
+                                   "fid, kid, pr (or fid50k_full, kid50k_full, pr50k3_full); or none.",
+                              factory=list)
+    metrics_ref: str = _opt("auto", "Reference for --metrics: statistics .npz (mu/sigma), image folder or "
+                                    "array, URL, or a 'fid-ref' name; auto = the table's statistics for "
+                                    "the generator's data set.")
+    metrics_num: Optional[int] = _opt(None, "Generated images per evaluation; default: the reference's "
+                                            "protocol (2,000 for digits), else 50,000.")
+    metrics_detector: str = _opt("auto", "Feature network for --metrics; auto = the reference's own, "
+                                         "else Inception-v3.")
+    # Long enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
+    dist_timeout: float = _opt(900.0, "Seconds a process of a torchrun run waits for the others before "
+                                      "it fails with an error.")
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def to_dict(self):

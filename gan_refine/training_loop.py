@@ -72,19 +72,44 @@ def _generator_adapter(data, gen_key):
         raise RunError(f"--gen: {err}") from None
 
 
-def _pick_teacher(gen, selector):
+def _pick_teacher(shape, selector):
     from . import pretrained
     try:
-        return pretrained.find_teacher(selector, gen.img_resolution, gen.img_channels, gen.c_dim)
+        return pretrained.find_teacher(selector, *shape)
     except ValueError as err:
         raise RunError(f"--teacher {selector}: {err}") from None
+
+
+def _adapter_shape(gen):
+    return int(gen.img_resolution), int(gen.img_channels), int(gen.c_dim)
+
+
+def _table_shape(name, target):
+    """(resolution, channels, labels) of a table generator, without loading it; None if unknown."""
+    from . import pretrained
+    entry = pretrained.entry_for(name) or pretrained.entry_for(target)
+    if not entry or entry.get("role") != "generator":
+        return None
+    try:
+        return int(entry["resolution"]), int(entry["channels"]), int(entry.get("label_dim") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _next_run_id(outdir):
+    names = os.listdir(outdir) if os.path.isdir(outdir) else []
+    ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in names) if m]
+    return max(ids, default=-1) + 1
+
+
+def _run_desc(run):
+    return f"{_stem(run.gen or 'gen')}-{run.refine.loss}-kimg{run.kimg:g}"
 
 
 def _next_run_dir(outdir, desc):
     try:
         os.makedirs(outdir, exist_ok=True)
-        ids = [int(m.group(1)) for m in (re.match(r"^(\d+)-", d) for d in os.listdir(outdir)) if m]
-        run_id = max(ids, default=-1) + 1
+        run_id = _next_run_id(outdir)
         while True:  # another process may take the same number at the same moment
             path = os.path.join(outdir, f"{run_id:05d}-{desc}")
             try:
@@ -227,14 +252,26 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
     if generator is None:
         gen_target = _resolve_source(run.gen, "gen")
     teacher_src, teacher_target = run.teacher, "<in-memory teacher>"
+    # What the table says of the generator (a dry run then needs no download at all).
+    gen_shape = None if generator is not None else _table_shape(run.gen, gen_target)
     if teacher is None:
         from . import pretrained
         # A family or data-set word ('edm', 'digits') means: the table's teacher that fits --gen.
         if not os.path.exists(teacher_src) and teacher_src.lower() in pretrained.teacher_selectors():
-            if gen_data is None:
-                gen_data = _load(gen_target, "gen", dist)
-            teacher_src = _pick_teacher(_generator_adapter(gen_data, run.gen_key), teacher_src.lower())
+            if gen_shape is None:
+                if gen_data is None:
+                    gen_data = _load(gen_target, "gen", dist)
+                gen_shape = _adapter_shape(_generator_adapter(gen_data, run.gen_key))
+            teacher_src = _pick_teacher(gen_shape, teacher_src.lower())
         teacher_target = _resolve_source(teacher_src, "teacher")
+    probs = run.refine.label_probs
+    if probs is not None and gen_shape is None and (generator is not None or os.path.isfile(gen_target)):
+        if gen_data is None:  # a local file: reading it downloads nothing
+            gen_data = _load(gen_target, "gen", dist)
+        gen_shape = _adapter_shape(_generator_adapter(gen_data, run.gen_key))
+    if probs is not None and gen_shape is not None and len(probs) != gen_shape[2]:
+        raise RunError(f"--label-probs has {len(probs)} weights but the generator has "
+                       f"{gen_shape[2]} classes")
     steps = steps_for_kimg(run.kimg, run.refine.batch)
     snap_steps = max(1, int(round(run.snap * 1000 / run.refine.batch)))
     evaluation = resolve_metrics(run, gen_target)
@@ -245,7 +282,10 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
                                                  batch_per_process=run.refine.batch // dist.world_size))
     if dry_run:
         if dist.is_main:
+            would = os.path.join(run.outdir, f"{_next_run_id(run.outdir):05d}-{_run_desc(run)}")
+            resolved["resolved"]["run_dir"] = would
             print(json.dumps(resolved, indent=2, sort_keys=True))
+            print(f"Dry run: would write {would}", file=sys.stderr)
         return None
 
     if gen_data is None:
@@ -287,7 +327,7 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
                     metrics_detector=run.metrics_detector, world_size=dist.world_size)
 
     def make_run_dir():
-        run_dir = _next_run_dir(run.outdir, f"{_stem(run.gen or 'gen')}-{run.refine.loss}-kimg{run.kimg:g}")
+        run_dir = _next_run_dir(run.outdir, _run_desc(run))
         from .snapshot import atomic_write_json
         resolved["resolved"].update(run_dir=run_dir, device=str(refiner.device),
                                     start_step=refiner.cur_step, gan_refine=__version__,

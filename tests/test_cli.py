@@ -115,7 +115,9 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(pkls, tmp_path):
     r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--dry-run", "--kimg", 1,
                 "--outdir", outdir, "--loss", "sid", "--betas", 0.5, 0.99])
     assert r.exit_code == 0, r.output
-    cfg = json.loads(r.output)
+    text, said = r.output.rsplit("Dry run: would write ", 1)
+    cfg = json.loads(text)
+    assert said.strip() == cfg["resolved"]["run_dir"] == os.path.join(str(outdir), "00000-gen-sid-kimg1")
     assert cfg["refine"]["loss"] == "sid" and cfg["refine"]["betas"] == [0.5, 0.99]
     assert cfg["refine"]["lr_gen"] == 1e-5 and cfg["refine"]["P_mean"] == -1.2
     assert cfg["resolved"]["steps"] == 8  # ceil(1000 / 128)
@@ -357,3 +359,15 @@ def test_metrics_with_reference_images_run_the_detector_over_them_once(tmp_path,
                                     detector="digits", device="cpu", seed=0)
     assert lines[1]["results"]["fid"] == pytest.approx(fresh["fid"], rel=1e-9)
     assert lines[1]["results"]["kid"] == pytest.approx(fresh["kid"], rel=1e-9)
+
+
+def test_docs_options_table_is_the_commands_own():
+    """docs/cli.md lists exactly the options, defaults and help of `gan-refine --help`."""
+    from gan_refine.cli import options_markdown
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md"), encoding="utf-8").read()
+    table = docs.split("<!-- options table: begin -->\n", 1)[1].split("<!-- options table: end -->", 1)[0]
+    assert table == options_markdown(), "regenerate the table in docs/cli.md with options_markdown()"
+    helptext = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    for row in table.splitlines()[2:]:
+        flag = row.split("`")[1]
+        assert flag in helptext, flag
