@@ -4,7 +4,7 @@
 
 Every run gets a fresh numbered folder inside --outdir holding refine_options.json,
 stats.jsonl (one line of statistics per generator update), sample grids (fixed seeds, before
-and at each snapshot), network-snapshot-<step>.pkl (the input pickle's layout with G_ema and G
+and at each snapshot), network-snapshot-<kimg>.pkl (the input pickle's layout with G_ema and G
 refined) and refine-state.pt (everything --resume needs). Ctrl-C or SIGTERM finishes the
 current step, writes a snapshot and exits.
 
@@ -108,6 +108,7 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @_method_opt("--seed", "seed", type=click.IntRange(0, 2 ** 63 - 1))
 @_method_opt("--label-probs", "label_probs", type=str)
 @_run_opt("--dist-timeout", "dist_timeout", type=_POS)
+@_run_opt("--tensorboard", "tensorboard", type=click.Choice(["auto", "on", "off"]))
 @click.pass_context
 def main(ctx, **opts):
     """Refine a GAN generator with Diff-Instruct against a diffusion teacher."""
@@ -223,6 +224,7 @@ def resolve_run_config(opts, explicit=()):
                     resume=opts.get("resume"), metrics=metrics,
                     metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
                     metrics_detector=pick("metrics_detector"), dist_timeout=float(opts["dist_timeout"]),
+                    tensorboard=opts["tensorboard"],
                     refine=refine)
     return run, state
 

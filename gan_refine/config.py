@@ -180,6 +180,8 @@ class RunConfig:
     # Long enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
     dist_timeout: float = _opt(900.0, "Seconds a process of a torchrun run waits for the others before "
                                       "it fails with an error.")
+    tensorboard: str = _opt("auto", "TensorBoard events in the run folder: auto (when the tensorboard "
+                                    "package is installed), on, or off.")
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def to_dict(self):

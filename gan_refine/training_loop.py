@@ -23,21 +23,9 @@ import threading
 import time
 
 from . import distributed
+from .run_outputs import Console, RunError, RunOutputs, snapshot_bytes
 
 __all__ = ["launch", "RunError", "StopRequest", "resolve_metrics"]
-
-
-class RunError(Exception):
-    """A problem with the run's inputs or outputs, described in one line."""
-
-    def __init__(self, message):
-        super().__init__(" ".join(str(message).split()))
-
-
-def _say(dist, message):
-    if dist.is_main:
-        from tqdm.auto import tqdm
-        tqdm.write(message, file=sys.stderr)  # keeps the line apart from a live progress bar
 
 
 # ---------------------------------------------------------------------------- sources
@@ -233,15 +221,20 @@ def launch(run, state=None, dry_run=False, progress=True, *, generator=None, tea
             dist, device = distributed.from_env(run.refine.device, run.dist_timeout)
         except (ValueError, distributed.DistributedError) as err:
             raise RunError(err) from None
+    console = Console(dist)
     try:
-        return _launch(run, dist, device, state, dry_run, progress, generator, teacher)
+        return _launch(run, dist, device, state, dry_run, progress, generator, teacher, console)
     except distributed.DistributedError as err:
+        console.say(f"Error: {err}", console=False)
         raise RunError(err) from None
+    except RunError as err:
+        console.say(f"Error: {err}", console=False)  # the caller prints it; log.txt keeps it too
+        raise
     finally:
         dist.close()
 
 
-def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
+def _launch(run, dist, device, state, dry_run, progress, generator, teacher, console):
     from .adapters import IncompatibleModelsError
     from .refiner import NonFiniteError, NonFiniteWeightsError, Refiner, steps_for_kimg
 
@@ -343,15 +336,16 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
             folder = run.resume if os.path.isdir(run.resume) else os.path.dirname(os.path.abspath(run.resume))
             clean_stale_temp_files(folder)
         try:
-            check_free_space(run.outdir, _snapshot_bytes(refiner, gen_target))
+            check_free_space(run.outdir, snapshot_bytes(refiner, gen_target))
         except OSError as err:
             raise RunError(err) from None
     dist.on_main(check_space, "checking the free disk space")
     run_dir = dist.on_main(make_run_dir, "creating the run folder")
-    _say(dist, f"Refining {run.gen or gen_target} against {teacher_src} on {refiner.device} "
+    console.open(run_dir)
+    console.say(f"Refining {run.gen or gen_target} against {teacher_src} on {refiner.device} "
                f"({dist.describe()}); {steps} steps of {run.refine.batch} images; outputs in {run_dir}")
 
-    writer = RunOutputs(refiner, run_dir, run, run_info, evaluation, dist)
+    writer = RunOutputs(refiner, run_dir, run, run_info, evaluation, dist, console)
     try:
         writer.grid("init")
         writer.evaluate(None)
@@ -390,12 +384,15 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher):
     finally:
         bar.close()
         stop.restore()
+        if stopped is None and refiner.cur_step < steps:
+            writer.close()  # an error ends the run: keep the events written so far
     writer.before_after()
+    writer.close()
     if stopped:
-        _say(dist, f"Stopped by {stopped} after step {refiner.cur_step}: wrote {last_snap}; continue "
+        console.say(f"Stopped by {stopped} after step {refiner.cur_step}: wrote {last_snap}; continue "
                    f"with: {resume_command(run, run_dir)}")
     else:
-        _say(dist, f"Done: {last_snap}")
+        console.say(f"Done: {last_snap}")
     writer.summary()
     return run_dir if dist.is_main else None
 
@@ -424,130 +421,3 @@ def _agree_on_stop(dist, stop, device):
     dist.all_reduce(flag, op="max", what="checking for a stop request")
     code = int(flag.item())
     return names[code - 1] if code else None
-
-
-def _write(fn, *args):
-    """A write of the run's outputs; a full disk or a lost folder becomes one line."""
-    try:
-        return fn(*args)
-    except OSError as err:
-        raise RunError(err) from None
-
-
-def _snapshot_bytes(refiner, gen_target):
-    """About what one snapshot pickle plus one state file take on disk."""
-    def size(module):
-        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    g, fake = size(refiner.G), size(refiner.fake_score)
-    state = 2 * g + g * 2 + fake * 3            # G, G_ema, Adam moments of G; fake score + moments
-    base = os.path.getsize(gen_target) if os.path.isfile(gen_target) else 2 * g
-    return int(1.1 * (state + base + 2 * g))    # the pickle holds its own G and G_ema
-
-
-class RunOutputs:
-    """Sample grids, refined pickles, state files and logs of one run folder.
-
-    Every rank holds one; only rank 0 writes. Evaluations run on every rank (each generates a
-    slice of the images), so `evaluate` and `snapshot` are collective calls.
-    """
-
-    GRID_SEED = 0  # fixed, so every grid of every run shows the same latents
-
-    def __init__(self, refiner, run_dir, run, run_info, evaluation=None, dist=None):
-        self.r, self.dir, self.run, self.run_info = refiner, run_dir, run, run_info
-        self.dist = dist or distributed.Dist()
-        self.evaluation = evaluation
-        self.ref = None            # the --metrics reference, its image features computed once
-        self.results = []          # (step, metrics dict) of every evaluation of this run
-        self.first_grid = None     # the images of samples-init.png, for the before/after grid
-        self.last_grid = None
-
-    def _on_main(self, fn, what):
-        return self.dist.on_main(fn, what)
-
-    def log_stats(self, stats):
-        if self.dist.is_main:
-            from .snapshot import append_jsonl
-            _write(append_jsonl, os.path.join(self.dir, "stats.jsonl"), stats)
-
-    def _checked_samples(self, n):
-        from .refiner import NonFiniteError
-        images = self.r.sample(n, seed=self.GRID_SEED)
-        if not images.isfinite().all():
-            raise NonFiniteError(f"the refined generator makes NaN/inf images at step {self.r.cur_step}; "
-                                 f"not writing this snapshot (lower --lr-gen or add --grad-clip)")
-        return images
-
-    def grid(self, tag):
-        self._on_main(lambda: _write(self.grid_local, tag), "writing a sample grid")
-
-    def before_after(self):
-        """samples-before-after.png: the first grid of this run beside its last (same latents)."""
-        if not self.dist.is_main:
-            return
-        from .images import save_image_pair
-        if self.first_grid is not None and self.r.cur_step > 0:
-            save_image_pair(self.first_grid, self.last_grid,
-                            os.path.join(self.dir, "samples-before-after.png"), cols=self.run.grid)
-
-    def evaluate(self, pkl):
-        """Compute --metrics for G_ema now (every rank generates a share of the images); rank 0
-        appends them to metrics.jsonl and prints one line."""
-        if self.evaluation is None:
-            return None
-        from .metrics.parallel import evaluate_generator
-        ev = self.evaluation
-        self.r.sync_ema()
-        try:
-            res, self.ref = evaluate_generator(self.r.refined_generator(), ev, self.ref, self.r.device,
-                                               self.dist)
-        except (OSError, ValueError, RuntimeError) as err:
-            if isinstance(err, distributed.DistributedError):
-                raise
-            raise RunError(f"--metrics: {str(err).splitlines()[0]}") from None
-        if not self.dist.is_main:
-            return None
-        figures = {k: res[k] for k in ("fid", "kid", "kid_std", "precision", "recall") if k in res}
-        line = dict(step=self.r.cur_step, kimg=self.r.cur_nimg / 1000, snapshot_pkl=pkl,
-                    results=figures, num=res.get("num"), detector=res.get("detector"),
-                    ref=ev["ref"], seconds=res.get("seconds"))
-        from .snapshot import append_jsonl
-        _write(append_jsonl, os.path.join(self.dir, "metrics.jsonl"), line)
-        self.results.append((self.r.cur_step, figures))
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in figures.items())
-        _say(self.dist, f"step {self.r.cur_step}: {shown}  ({res.get('num')} images, detector "
-                        f"{res.get('detector')})")
-        return figures
-
-    def summary(self):
-        """One line comparing the first and last evaluation of this run."""
-        if len(self.results) < 2:
-            return
-        (s0, first), (s1, last) = self.results[0], self.results[-1]
-        parts = [f"{k.upper()} {first[k]:.4g} -> {last[k]:.4g}" for k in first if k in last and k != "kid_std"]
-        _say(self.dist, f"G_ema at step {s0} vs step {s1}: " + ", ".join(parts))
-
-    def snapshot(self):
-        """Grid, network pickle and resume state (rank 0), then the metrics (every rank)."""
-        step = self.r.cur_step
-
-        def write():  # rank 0 holds the EMA, and every rank's G and fake score are the same
-            from .snapshot import save_state
-            self.grid_local(f"{step:06d}")
-            pkl = os.path.join(self.dir, f"network-snapshot-{step:06d}.pkl")
-            self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
-            save_state(os.path.join(self.dir, "refine-state.pt"), dict(self.r.state_dict(), run=self.run_info))
-            return pkl
-        pkl = self._on_main(lambda: _write(write), "writing a snapshot")
-        self.evaluate(os.path.basename(pkl))
-        return pkl
-
-    def grid_local(self, tag):
-        from .images import save_image_grid
-        n = self.run.grid ** 2
-        images = self._checked_samples(max(n, 4))
-        if n:
-            save_image_grid(images[:n], os.path.join(self.dir, f"samples-{tag}.png"), cols=self.run.grid)
-            if self.first_grid is None:
-                self.first_grid = images[:n]
-            self.last_grid = images[:n]

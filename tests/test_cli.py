@@ -80,15 +80,15 @@ def test_end_to_end_outputs(pkls, tmp_path):
     assert os.path.basename(run).startswith("00000-gen-ikl")
     files = set(os.listdir(run))
     assert {"refine_options.json", "stats.jsonl", "refine-state.pt", "samples-init.png",
-            "samples-000002.png", "samples-000003.png", "network-snapshot-000002.pkl",
-            "network-snapshot-000003.pkl"} <= files
+            "samples-000000.008.png", "samples-000000.012.png", "network-snapshot-000000.008.pkl",
+            "network-snapshot-000000.012.pkl"} <= files
     assert no_temp_files(run)
     opts = json.load(open(os.path.join(run, "refine_options.json")))
     assert opts["refine"]["batch"] == 4 and opts["resolved"]["steps"] == 3
     lines = [json.loads(x) for x in open(os.path.join(run, "stats.jsonl"))]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert all("loss/generator" in x and "gap/mean" in x and "images_per_sec" in x for x in lines)
-    for name in ("samples-init.png", "samples-000003.png"):
+    for name in ("samples-init.png", "samples-000000.012.png"):
         with Image.open(os.path.join(run, name)) as im:
             im.load()
             assert im.mode == "RGB" and im.size == (2 * 64 + 4, 2 * 64 + 4)  # 8 px cells shown 8x
@@ -101,7 +101,7 @@ def test_end_to_end_outputs(pkls, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker.parent), compat.COMPAT_DIR]),
                OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", FORWARD, pkls["gen"],
-                          os.path.join(run, "network-snapshot-000003.pkl")],
+                          os.path.join(run, "network-snapshot-000000.012.pkl")],
                          env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     res = eval(out.stdout.split("RESULT", 1)[1])
     assert res["keys"] == sorted(["training_set_kwargs", "G", "D", "G_ema", "augment_pipe", "gan_refine"])
@@ -155,7 +155,7 @@ def test_signal_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     assert f"Stopped by {signal.Signals(sig).name} after step 2" in r.output and "--resume" in r.output
     (cut,) = run_dirs(tmp_path / "cut")
-    assert "network-snapshot-000002.pkl" in os.listdir(cut) and load_state(cut)["step"] == 2
+    assert "network-snapshot-000000.008.pkl" in os.listdir(cut) and load_state(cut)["step"] == 2
     # The handlers the process had before (whatever the shell gave it) are back.
     assert {s: signal.getsignal(s) for s in before} == before
 
@@ -166,8 +166,8 @@ def test_signal_then_resume_equals_uninterrupted_run(pkls, tmp_path, monkeypatch
     r = invoke(hint[1:])
     assert r.exit_code == 0, r.output
     resumed = run_dirs(tmp_path / "cut")[1]
-    a = _weights(os.path.join(full, "network-snapshot-000004.pkl"))
-    b = _weights(os.path.join(resumed, "network-snapshot-000004.pkl"))
+    a = _weights(os.path.join(full, "network-snapshot-000000.016.pkl"))
+    b = _weights(os.path.join(resumed, "network-snapshot-000000.016.pkl"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -194,11 +194,11 @@ def test_nan_in_generator_stops_with_one_line_and_keeps_last_snapshot(pkls, tmp_
     assert r.exit_code == 1
     err = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(err) == 1 and "NaN/inf at step 3" in err[0]
-    assert "network-snapshot-000002.pkl" in err[0]
+    assert "network-snapshot-000000.008.pkl" in err[0]
     (run,) = run_dirs(outdir)
     assert not [f for f in os.listdir(run) if "000003" in f]
     assert no_temp_files(run)
-    with open(os.path.join(run, "network-snapshot-000002.pkl"), "rb") as f:
+    with open(os.path.join(run, "network-snapshot-000000.008.pkl"), "rb") as f:
         data = pickle.load(f)
     assert all(torch.isfinite(p).all() for p in data["G_ema"].parameters())
     assert load_state(run)["step"] == 2
@@ -294,12 +294,12 @@ def test_metrics_before_and_at_snapshots_with_before_after_grid(tmp_path):
     (run,) = run_dirs(outdir)
     lines = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     assert [x["step"] for x in lines] == [0, 1, 2]
-    assert lines[0]["snapshot_pkl"] is None and lines[2]["snapshot_pkl"] == "network-snapshot-000002.pkl"
+    assert lines[0]["snapshot_pkl"] is None and lines[2]["snapshot_pkl"] == "network-snapshot-000000.008.pkl"
     assert all(x["num"] == 300 and x["detector"] == "digits" and x["ref"] == "fid-ref-digits-16x16"
                for x in lines)
     stats = pretrained.resolve("fid-ref-digits-16x16")
     start = load_network_pkl("digits")["G_ema"]
-    final = load_network_pkl(os.path.join(run, "network-snapshot-000002.pkl"))["G_ema"]
+    final = load_network_pkl(os.path.join(run, "network-snapshot-000000.008.pkl"))["G_ema"]
     fid0, fid2 = lines[0]["results"]["fid"], lines[2]["results"]["fid"]
     assert fid0 == pytest.approx(_digits_fid(start, 300, stats), rel=1e-6)
     assert fid2 == pytest.approx(_digits_fid(final, 300, stats), rel=1e-6)
@@ -354,7 +354,7 @@ def test_metrics_with_reference_images_run_the_detector_over_them_once(tmp_path,
     lines = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
     assert [x["step"] for x in lines] == [0, 2] and all(x["detector"] == "digits" for x in lines)
     # The cached reference gives what a fresh evaluation against the array gives.
-    final = load_network_pkl(os.path.join(run, "network-snapshot-000002.pkl"))["G_ema"]
+    final = load_network_pkl(os.path.join(run, "network-snapshot-000000.008.pkl"))["G_ema"]
     fresh = compute.compute_metrics(gen=final, ref=str(ref), metrics=("fid", "kid"), num=50,
                                     detector="digits", device="cpu", seed=0)
     assert lines[1]["results"]["fid"] == pytest.approx(fresh["fid"], rel=1e-9)

@@ -150,8 +150,8 @@ def test_two_processes_match_one(pkls, tmp_path, cond):
     _run(_torchrun(2, args + ["--outdir", tmp_path / "two"]), tmp_path)
     two = _single_run_dir(tmp_path / "two")
     assert sorted(os.listdir(one)) == sorted(os.listdir(two))
-    worst, moved = _compare_exports(os.path.join(one, "network-snapshot-000003.pkl"),
-                                    os.path.join(two, "network-snapshot-000003.pkl"), gen)
+    worst, moved = _compare_exports(os.path.join(one, "network-snapshot-000000.024.pkl"),
+                                    os.path.join(two, "network-snapshot-000000.024.pkl"), gen)
     # The weights moved, and the two runs differ by float32 rounding of the gradient average
     # (a few ulp of weights of size ~1), hundreds of times less than the update itself.
     assert moved > 1e-3 and worst < 1e-5 and worst < moved / 100, (worst, moved)
@@ -198,8 +198,8 @@ def test_two_nodes_on_one_machine_match_one_process(pkls, tmp_path):
             p.kill()
     assert all(p.returncode == 0 for p in nodes), "\n".join(outs)
     two = _single_run_dir(tmp_path / "two-nodes")
-    worst, moved = _compare_exports(os.path.join(one, "network-snapshot-000002.pkl"),
-                                    os.path.join(two, "network-snapshot-000002.pkl"), pkls["gen"])
+    worst, moved = _compare_exports(os.path.join(one, "network-snapshot-000000.016.pkl"),
+                                    os.path.join(two, "network-snapshot-000000.016.pkl"), pkls["gen"])
     assert moved > 1e-3 and worst < 1e-5 and worst < moved / 100, (worst, moved)
 
 
@@ -293,18 +293,18 @@ def test_sigterm_then_resume_on_two_and_on_one_process(pkls, tmp_path):
     stopped_at = load_state(cut)["step"]
     assert 1 <= stopped_at < 4, stopped_at  # the full run is 4 steps long
     snaps = [f for f in os.listdir(cut) if f.startswith("network-snapshot-")]
-    assert f"network-snapshot-{stopped_at:06d}.pkl" in snaps
+    assert f"network-snapshot-{stopped_at * 8 / 1000:010.3f}.pkl" in snaps
 
     resume = ["--resume", cut, "--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.032,
               "--dist-timeout", 60]
     _run(_torchrun(2, resume + ["--outdir", tmp_path / "again2"]), tmp_path)
     two = _single_run_dir(tmp_path / "again2")
-    a = load_network_pkl(os.path.join(full, "network-snapshot-000004.pkl"))
-    b = load_network_pkl(os.path.join(two, "network-snapshot-000004.pkl"))
+    a = load_network_pkl(os.path.join(full, "network-snapshot-000000.032.pkl"))
+    b = load_network_pkl(os.path.join(two, "network-snapshot-000000.032.pkl"))
     for key in ("G", "G_ema"):
         for (name, t), u in zip(a[key].state_dict().items(), b[key].state_dict().values()):
             assert torch.equal(t, u), f"{key}.{name}"
     one = _one_process(resume, tmp_path / "again1")
-    worst, moved = _compare_exports(os.path.join(full, "network-snapshot-000004.pkl"),
-                                    os.path.join(one, "network-snapshot-000004.pkl"), pkls["gen"])
+    worst, moved = _compare_exports(os.path.join(full, "network-snapshot-000000.032.pkl"),
+                                    os.path.join(one, "network-snapshot-000000.032.pkl"), pkls["gen"])
     assert worst < 1e-5 and worst < moved / 100, (worst, moved)

@@ -41,7 +41,7 @@ def test_main_job_line_runs(tmp_path):
     assert all(float(v) > 0 for v in before_after.groups())
     (run_dir,) = [d for d in os.listdir(outdir) if d[:5].isdigit()]
     files = os.listdir(outdir / run_dir)
-    assert {"metrics.jsonl", "samples-before-after.png", "network-snapshot-000002.pkl"} <= set(files)
+    assert {"metrics.jsonl", "samples-before-after.png", "network-snapshot-000000.064.pkl"} <= set(files)
 
 
 def test_selfcheck_runs(tmp_path):

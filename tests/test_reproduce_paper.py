@@ -27,7 +27,7 @@ def test_smoke_run_refines_and_reports_fid_before_and_after(tmp_path):
     # The CIFAR-10 sizes: our StyleGAN2 'cifar' generator and a DDPM++ teacher.
     from gan_refine.pickles import load_network_pkl
     from gan_refine.nets import num_params
-    snap = load_network_pkl(os.path.join(run, "network-snapshot-000001.pkl"))
+    snap = load_network_pkl(os.path.join(run, "network-snapshot-000000.004.pkl"))
     assert 15e6 < num_params(snap["G_ema"]) < 25e6
     teacher = load_network_pkl(opts["resolved"]["teacher"])
     assert 50e6 < num_params(teacher["ema"]) < 60e6

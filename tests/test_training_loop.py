@@ -1,6 +1,7 @@
 """The run as a library (gan_refine.training_loop) and the Refiner's guarantees around faults."""
 
 import copy
+import json
 import os
 import pickle
 
@@ -126,9 +127,9 @@ def test_launch_from_python_with_in_memory_networks(pkls, tmp_path):
     gen, teacher = load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"])
     run_dir = launch(run, generator=gen, teacher=teacher, progress=False)
     files = set(os.listdir(run_dir))
-    assert {"network-snapshot-000001.pkl", "network-snapshot-000002.pkl", "refine-state.pt",
+    assert {"network-snapshot-000000.004.pkl", "network-snapshot-000000.008.pkl", "refine-state.pt",
             "stats.jsonl", "refine_options.json"} <= files
-    out = load_network_pkl(os.path.join(run_dir, "network-snapshot-000002.pkl"))
+    out = load_network_pkl(os.path.join(run_dir, "network-snapshot-000000.008.pkl"))
     assert set(out) >= {"G", "G_ema", "D", "gan_refine"}
     # The stream's metadata holds plain data only (str, int, float, bool, list, dict, None).
     def plain(v):
@@ -140,3 +141,24 @@ def test_launch_from_python_with_in_memory_networks(pkls, tmp_path):
     assert plain(out["gan_refine"])
     with pytest.raises(RunError, match="raise --kimg"):
         launch(run, state=load_state(run_dir), generator=gen, teacher=teacher, progress=False)
+
+
+def test_log_txt_and_tensorboard_events(pkls, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    r = _invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.012, "--snap", 0.008,
+                 "--tensorboard", "on", "--outdir", tmp_path / "runs"] + FAST)
+    assert r.exit_code == 0, r.output
+    run = os.path.join(tmp_path / "runs", os.listdir(tmp_path / "runs")[0])
+    log = open(os.path.join(run, "log.txt")).read()
+    assert "Refining" in log and "Done:" in log and "snapshot at step 2" in log
+    events = EventAccumulator(run, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss/generator", "loss/fake_score", "gap/mean"} <= set(tags["scalars"])
+    assert any(t.startswith("gap/sigma") for t in tags["scalars"])
+    assert [e.step for e in events.Scalars("loss/generator")] == [1, 2, 3]
+    stats = [json.loads(x) for x in open(os.path.join(run, "stats.jsonl"))]
+    assert [e.value for e in events.Scalars("loss/generator")] == pytest.approx(
+        [s["loss/generator"] for s in stats], rel=1e-6)
+    assert "samples" in tags["images"] and len(events.Images("samples")) == 3  # init + 2 snapshots
