@@ -8,8 +8,8 @@ The interface is described in docs/design.md, "The one interface".
     check_compatible(G, T)                 # IncompatibleModelsError before any work starts
 """
 
-from .base import (GeneratorAdapter, IncompatibleModelsError, TeacherAdapter, normalize_labels,
-                   normalize_sigma)
+from .base import (GeneratorAdapter, IncompatibleModelsError, TeacherAdapter, force_fp32,
+                   normalize_labels, normalize_sigma)
 from .edm import EDM_PRECOND_CLASSES, EDMTeacherAdapter, is_edm_denoiser
 from .generic import GenericGeneratorAdapter, GenericTeacherAdapter
 from .registry import (ENTRY_POINT_GROUP, Family, as_generator, as_teacher, check_compatible,
@@ -25,5 +25,5 @@ __all__ = [
     "register_generator", "register_teacher", "unregister", "Family",
     "generator_families", "teacher_families", "discover_entry_points", "ENTRY_POINT_GROUP",
     "is_stylegan_generator", "is_edm_denoiser", "EDM_PRECOND_CLASSES",
-    "normalize_sigma", "normalize_labels",
+    "normalize_sigma", "normalize_labels", "force_fp32",
 ]

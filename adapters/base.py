@@ -13,12 +13,30 @@ import torch
 from torch import nn
 
 __all__ = [
+    "force_fp32",
     "IncompatibleModelsError",
     "GeneratorAdapter",
     "TeacherAdapter",
     "normalize_sigma",
     "normalize_labels",
 ]
+
+
+def force_fp32(adapter):
+    """Make a StyleGAN or EDM network skip its built-in fp16 layers (their `force_fp32=True`
+    call argument); returns False for networks that have no such switch."""
+    import inspect
+    kwargs = getattr(adapter, "call_kwargs", None)
+    if kwargs is None:
+        return False
+    try:
+        params = inspect.signature(adapter.module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if "force_fp32" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        kwargs["force_fp32"] = True
+        return True
+    return False
 
 
 class IncompatibleModelsError(ValueError):

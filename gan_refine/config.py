@@ -68,6 +68,8 @@ class RefineConfig:
     grad_clip: float = _opt(0.0, "Clip each network's gradient to this L2 norm; 0 disables.")
     precision: str = _opt("fp32", "fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast with loss "
                                   "scaling); all but fp32 need CUDA.")
+    force_fp32: bool = _opt(False, "Run the networks' built-in fp16 layers (StyleGAN's top "
+                                   "resolutions, EDM's use_fp16) in fp32.")
     device: str = _opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0', ...")
     seed: int = _opt(0, "Seed of every random draw (latents, labels, noise levels, noise, dropout).")
     label_probs: Optional[List[float]] = _opt(None, "Comma-separated class weights for conditional "

@@ -162,6 +162,10 @@ class Refiner:
 
         # Our own copies: the user's generator stays as it was.
         self.G = copy.deepcopy(gen).to(self.device)
+        if cfg.force_fp32:  # before the EMA and fake-score copies, which inherit the switch
+            from .adapters import force_fp32
+            force_fp32(self.G)
+            force_fp32(teacher)
         self.G.train().requires_grad_(False)
         self._g_params = list(self.G.trainable_parameters())
         if not self._g_params:
@@ -219,9 +223,6 @@ class Refiner:
     def _precision_flags(self):
         """TF32 on for 'tf32' and off for every other precision (fp32 means fp32), for the
         duration of a block only: the refiner runs inside other people's programs."""
-        if self.device.type != "cuda":
-            yield
-            return
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         allow = self.config.precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = allow

@@ -162,3 +162,47 @@ def test_log_txt_and_tensorboard_events(pkls, tmp_path):
     assert [e.value for e in events.Scalars("loss/generator")] == pytest.approx(
         [s["loss/generator"] for s in stats], rel=1e-6)
     assert "samples" in tags["images"] and len(events.Images("samples")) == 3  # init + 2 snapshots
+
+
+def test_force_fp32_reaches_the_networks_fp16_switch(pkls, monkeypatch):
+    """--force-fp32 passes force_fp32=True into every call of the generator, its EMA, the
+    teacher and the fake score (StyleGAN's and EDM's own switch for their fp16 layers)."""
+    seen = []
+    gen, teacher = load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"])
+    for net in (gen["G_ema"], teacher["ema"]):
+        original = type(net).forward
+
+        def spy(self, *args, _orig=original, **kw):
+            seen.append((type(self).__name__, kw.get("force_fp32")))
+            return _orig(self, *args, **kw)
+        monkeypatch.setattr(type(net), "forward", spy)
+    r = Refiner(gen, teacher, RefineConfig(batch=2, device="cpu", force_fp32=True))
+    seen.clear()
+    r.step()
+    r.sample(2)
+    assert seen and all(flag is True for _, flag in seen), seen
+    assert {name for name, _ in seen} == {type(gen["G_ema"]).__name__, type(teacher["ema"]).__name__}
+    r = Refiner(gen, teacher, RefineConfig(batch=2, device="cpu"))
+    seen.clear()
+    r.step()
+    assert seen and all(flag is None for _, flag in seen)
+
+
+def test_fp32_means_fp32_and_global_flags_are_restored(pkls):
+    """During a step TF32 is off for matmul and cuDNN (precision fp32), as EDM sets it; the
+    caller's own flags are back afterwards, whatever they were."""
+    inside = []
+
+    def loss(fake, teacher, x0, sigma, noise, c):
+        inside.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return ikl_generator_loss(fake, teacher, x0, sigma, noise, c)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        r = Refiner(load_network_pkl(pkls["gen"]), load_network_pkl(pkls["teacher"]),
+                    RefineConfig(batch=2, device="cpu"), generator_loss=loss)
+        r.step()
+        assert inside == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
