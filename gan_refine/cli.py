@@ -79,6 +79,7 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @_run_opt("--metrics-ref", "metrics_ref", type=str)
 @_run_opt("--metrics-num", "metrics_num", type=click.IntRange(min=2))
 @_run_opt("--metrics-detector", "metrics_detector", type=str)
+@_run_opt("--metrics-seeds", "metrics_seeds", type=str)
 @click.option("--dry-run", "-n", "dry_run", is_flag=True,
               help="Check every option, print the resolved configuration as JSON and the run folder "
                    "it would create, and exit without loading networks or writing anything.")
@@ -157,6 +158,17 @@ def _parse_probs(text):
         _fail(f"--label-probs must be comma-separated numbers, e.g. 0.1,0.9; got {text!r}")
 
 
+def _check_seeds(text):
+    if text is None:
+        return None
+    from .seeds import parse_seeds
+    try:
+        parse_seeds(text)
+    except ValueError as err:
+        _fail(f"--metrics-seeds: {err}")
+    return text
+
+
 def _check_device(device):
     import torch
     if device == "auto":
@@ -225,7 +237,7 @@ def resolve_run_config(opts, explicit=()):
                     resume=opts.get("resume"), metrics=metrics,
                     metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
                     metrics_detector=pick("metrics_detector"), dist_timeout=float(opts["dist_timeout"]),
-                    tensorboard=opts["tensorboard"],
+                    tensorboard=opts["tensorboard"], metrics_seeds=_check_seeds(pick("metrics_seeds")),
                     refine=refine)
     return run, state
 

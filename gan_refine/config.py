@@ -179,6 +179,8 @@ class RunConfig:
                                             "protocol (2,000 for digits), else 50,000.")
     metrics_detector: str = _opt("auto", "Feature network for --metrics; auto = the reference's own, "
                                          "else Inception-v3.")
+    metrics_seeds: Optional[str] = _opt(None, "Generator seeds for --metrics, as ranges (0-49999 or "
+                                              "0,5,10-20); default: 0 to --metrics-num minus 1.")
     # Long enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
     dist_timeout: float = _opt(900.0, "Seconds a process of a torchrun run waits for the others before "
                                       "it fails with an error.")

@@ -198,7 +198,12 @@ def resolve_metrics(run, gen_target):
     if detector == "auto":
         detector = default_detector(ref, ref_entry)
     num = run.metrics_num or default_num(ref, ref_entry)
-    return dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
+    plan = dict(metrics=list(run.metrics), ref=ref, detector=detector, num=int(num))
+    if run.metrics_seeds:
+        from .seeds import parse_seeds
+        plan["seeds"] = parse_seeds(run.metrics_seeds)
+        plan["num"] = len(plan["seeds"])
+    return plan
 
 
 # ---------------------------------------------------------------------------- launch

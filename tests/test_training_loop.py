@@ -206,3 +206,28 @@ def test_fp32_means_fp32_and_global_flags_are_restored(pkls):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_metrics_seed_ranges_pick_the_evaluated_latents(tmp_path):
+    """--metrics-seeds 100-139,7 evaluates exactly those seeds: the FID equals
+    compute_metrics on the same list, and differs from seeds 0-40."""
+    from gan_refine.metrics.compute import compute_metrics
+    from gan_refine.seeds import parse_seeds
+    import numpy as np
+    ref = tmp_path / "real.npy"
+    np.save(ref, np.random.default_rng(0).integers(0, 256, size=(60, 16, 16), dtype=np.uint8))
+    args = ["--gen", "digits", "--teacher", "digits", "--kimg", 0.004, "--metrics", "fid",
+            "--metrics-ref", ref, "--metrics-detector", "digits", "--outdir", tmp_path / "runs"] + FAST
+    r = _invoke(args + ["--metrics-seeds", "100-139,7"])
+    assert r.exit_code == 0, r.output
+    run = os.path.join(tmp_path / "runs", os.listdir(tmp_path / "runs")[0])
+    first = json.loads(open(os.path.join(run, "metrics.jsonl")).readline())
+    assert first["num"] == 41
+    G = load_network_pkl("digits")["G_ema"]
+    want = compute_metrics(gen=G, ref=str(ref), metrics=("fid",), detector="digits", device="cpu",
+                           seeds=parse_seeds("100-139,7"))["fid"]
+    other = compute_metrics(gen=G, ref=str(ref), metrics=("fid",), detector="digits", device="cpu",
+                            num=41)["fid"]
+    assert first["results"]["fid"] == pytest.approx(want, rel=1e-9) and abs(want - other) > 1e-6
+    r = _invoke(args + ["--metrics-seeds", "5-2"])
+    assert r.exit_code == 1 and "--metrics-seeds" in r.output

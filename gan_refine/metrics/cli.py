@@ -16,6 +16,8 @@ import warnings
 
 import click
 
+from ..seeds import SeedList
+
 from ..compat.dnnlib.util import DownloadError
 
 _CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -60,6 +62,8 @@ def _parse_metrics(text):
               help="Images per generator/detector call.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="First generator seed; also seeds the KID subsets.")
+@click.option("--seeds", type=SeedList(), default=None,
+              help="Generator seeds as ranges, e.g. 0-49999 or 0,5,10-20 (overrides --seed and --num).")
 @click.option("--device", default="auto", show_default=True,
               help="torch device ('cpu', 'cuda', 'cuda:1'); auto picks CUDA when present.")
 @click.option("--kid-subsets", type=click.IntRange(min=1), default=100, show_default=True,
@@ -74,7 +78,7 @@ def _parse_metrics(text):
               help="Also append the JSON line to this file.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars on stderr (default: when stderr is a terminal).")
-def main(gen, images, ref, metrics_text, num, ref_num, detector, pr_detector, batch, seed, device,
+def main(gen, images, ref, metrics_text, num, ref_num, detector, pr_detector, batch, seed, seeds, device,
          kid_subsets, kid_subset_size, pr_k, save_ref_stats, out, progress):
     """FID/KID/precision-recall of a generator or image set against a reference."""
     requested, metrics, alias_num, alias_kw = _parse_metrics(metrics_text)
@@ -107,6 +111,10 @@ def main(gen, images, ref, metrics_text, num, ref_num, detector, pr_detector, ba
         aliases = ",".join(m for m in requested if m in ALIASES)
         click.echo(f"note: --num {num} replaces the {alias_num:,} generated images of {aliases}",
                    err=True)
+    if seeds is not None:
+        if gen is None:
+            raise click.ClickException("--seeds picks generator latents; it needs --gen")
+        num = len(seeds)
     if num is None:
         # An image set is capped at the standard count; a generator follows the reference's protocol.
         num = alias_num or (default_num(ref) if gen is not None and ref is not None else STANDARD_NUM)
@@ -126,7 +134,8 @@ def main(gen, images, ref, metrics_text, num, ref_num, detector, pr_detector, ba
                 gen=G if G is not None else images, ref=ref, metrics=metrics, num=num,
                 ref_num=ref_num, detector=detector, batch_size=batch, seed=seed, device=device,
                 kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, pr_k=pr_k,
-                progress=progress, save_ref_stats_path=save_ref_stats, pr_detector=pr_detector)
+                progress=progress, save_ref_stats_path=save_ref_stats, pr_detector=pr_detector,
+                seeds=seeds)
         for w in caught:
             if not issubclass(w.category, (DeprecationWarning, FutureWarning)):
                 click.echo(f"warning: {w.message}", err=True)

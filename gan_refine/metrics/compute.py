@@ -42,12 +42,16 @@ def quantize(x):
 # Image sources: each yields uint8 [B, C, H, W] tensors.
 
 class GeneratorSource:
-    """Images from a generator `G(z, c) -> [-1, 1]` over seeds seed .. seed + num - 1."""
+    """Images from a generator `G(z, c) -> [-1, 1]` over seeds seed .. seed + num - 1, or over
+    the list `seeds` (gan_refine.seeds.parse_seeds reads '0-49999' and '0,5,10-20')."""
 
-    def __init__(self, G, num, seed=0, device=None):
+    def __init__(self, G, num=None, seed=0, device=None, seeds=None):
         self.G = _as_generator(G)
-        self.num_items = int(num)
-        self.seed = int(seed)
+        if seeds is None:
+            seeds = range(int(seed), int(seed) + int(num))
+        self.seeds = [int(s) for s in seeds]
+        self.num_items = len(self.seeds)
+        self.seed = self.seeds[0] if self.seeds else int(seed)
         # A module generates where its weights are; `device` only places plain callables' inputs.
         has_weights = isinstance(self.G, torch.nn.Module) and any(True for _ in self.G.parameters())
         self.device = _module_device(self.G) if has_weights or device is None else auto_device(device)
@@ -73,7 +77,7 @@ class GeneratorSource:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             for start in range(0, self.num_items, batch_size):
-                seeds = range(self.seed + start, self.seed + min(start + batch_size, self.num_items))
+                seeds = self.seeds[start:start + batch_size]
                 z, c = self.latents(seeds)
                 # Per-batch RNG state: noise inputs (StyleGAN 'random' noise) repeat across runs
                 # without disturbing the caller's random stream.
@@ -217,8 +221,9 @@ def _load_array_file(path):
     raise ValueError(f"{path} holds arrays {keys}; name the images array 'images' (or save one array)")
 
 
-def open_images(obj, num=None, seed=0, device=None):
-    """An image source for a generator, folder, .npy/.npz array file or numpy array."""
+def open_images(obj, num=None, seed=0, device=None, seeds=None):
+    """An image source for a generator (seeds seed .. seed+num-1, or the list `seeds`), folder,
+    .npy/.npz array file or numpy array."""
     if isinstance(obj, (GeneratorSource, FolderSource, ArraySource)):
         return obj
     if isinstance(obj, np.ndarray):
@@ -229,6 +234,8 @@ def open_images(obj, num=None, seed=0, device=None):
             return FolderSource(path, max_items=num)
         if path.endswith((".npy", ".npz")) and os.path.isfile(path):
             return ArraySource(path, max_items=num)
+    if seeds is not None:
+        return GeneratorSource(obj, device=device, seeds=seeds)
     if num is None:
         raise ValueError("say how many images to generate (num)")
     return GeneratorSource(obj, num=num, seed=seed, device=device)
@@ -415,7 +422,7 @@ def reference_features(ref, metrics=("fid",), detector="inception-2015-12-05", p
 def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=None,
                     detector="inception-2015-12-05", batch_size=64, seed=0, device=None,
                     kid_subsets=100, kid_subset_size=1000, pr_k=3, progress=False,
-                    save_ref_stats_path=None, pr_detector=None):
+                    save_ref_stats_path=None, pr_detector=None, seeds=None):
     """FID / KID / precision-recall of `gen` against `ref`; returns a dict of results.
 
     gen: a generator (z_dim/c_dim, G(z, c) -> [-1, 1]), network pickle path, image folder,
@@ -456,7 +463,7 @@ def compute_metrics(gen=None, ref=None, metrics=("fid",), num=50000, ref_num=Non
     spaces, main, pr = _feature_spaces(metrics, ref, detector, pr_detector,
                                        save_ref_stats_path is not None)
     # Features computed elsewhere (several processes, say) come in as a FeatureStats.
-    gen_src = None if _is_features(gen) else open_images(gen, num=num, seed=seed, device=device)
+    gen_src = None if _is_features(gen) else open_images(gen, num=num, seed=seed, device=device, seeds=seeds)
     dets = {n: (get_detector(spec, device=device), cap) for n, (spec, cap) in spaces.items()}
     if ref_is_stats and ref_stats.get("detector") not in (None, main):
         warnings.warn(f"reference statistics were made with detector "

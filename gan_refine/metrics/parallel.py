@@ -27,15 +27,16 @@ def evaluate_generator(G, plan, ref, device, dist, seed=0):
             if dist.is_main:
                 ref = compute.compute_feature_stats(open_images(ref), get_detector(plan["detector"], device=device),
                                             capture_all=True)
+    seeds = plan.get("seeds") or list(range(seed, seed + int(plan["num"])))
     if not dist.enabled:
-        res = compute_metrics(gen=G, ref=ref, metrics=plan["metrics"], num=plan["num"],
+        res = compute_metrics(gen=G, ref=ref, metrics=plan["metrics"], num=len(seeds), seeds=seeds,
                               detector=plan["detector"], device=device, seed=seed, batch_size=BATCH)
         return res, ref
     detector = get_detector(plan["detector"], device=device)
-    num = int(plan["num"])
+    num = len(seeds)
     mine = []
     for start in range(dist.rank * BATCH, num, dist.world_size * BATCH):
-        src = GeneratorSource(G, num=min(BATCH, num - start), seed=seed + start, device=device)
+        src = GeneratorSource(G, seeds=seeds[start:start + BATCH], device=device)
         for images in src.iter_batches(BATCH):
             mine.append((start, detector(images).cpu().numpy().astype(np.float32)))
     shares = dist.all_gather_object(mine, what="gathering evaluation features")
