@@ -139,6 +139,14 @@ def test_launch_from_python_with_in_memory_networks(pkls, tmp_path):
             return all(plain(x) for x in v)
         return v is None or type(v) in (str, int, float, bool)
     assert plain(out["gan_refine"])
+    # ... and the exported stream names no global the input pickle did not (no gan_refine
+    # class, no torch.torch_version.TorchVersion): upstream loaders need nothing new.
+    from gan_refine.pickles import stream_globals
+    with open(pkls["gen"], "rb") as f:
+        original = stream_globals(f.read())
+    with open(os.path.join(run_dir, "network-snapshot-000000.008.pkl"), "rb") as f:
+        exported = stream_globals(f.read())
+    assert exported <= original, sorted(exported - original)
     with pytest.raises(RunError, match="raise --kimg"):
         launch(run, state=load_state(run_dir), generator=gen, teacher=teacher, progress=False)
 
