@@ -21,7 +21,7 @@ import click
 from dataclasses import fields
 
 from .config import (LOSSES, NORMALIZE, PRECISIONS, SIGMA_LAWS, TEACHER_MODES, RefineConfig,
-                     RunConfig, field_default, field_help)
+                     PRESETS, RunConfig, field_default, field_help)
 
 __all__ = ["main", "resolve_run_config"]
 
@@ -110,6 +110,7 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @_method_opt("--seed", "seed", type=click.IntRange(0, 2 ** 63 - 1))
 @_method_opt("--label-probs", "label_probs", type=str)
 @_run_opt("--dist-timeout", "dist_timeout", type=_POS)
+@_run_opt("--preset", "preset", type=click.Choice(sorted(PRESETS)))
 @_run_opt("--tensorboard", "tensorboard", type=click.Choice(["auto", "on", "off"]))
 @click.pass_context
 def main(ctx, **opts):
@@ -198,11 +199,21 @@ def resolve_run_config(opts, explicit=()):
         saved_method = state.get("config", {})
         saved_run = state.get("run", {})
         _check_resume_sources(opts, explicit, saved_run)
-    method = {}
-    for name in _METHOD_OPTIONS:
-        method[name] = saved_method[name] if (name in saved_method and name not in explicit) else opts[name]
-    method["betas"] = saved_method["betas"] if ("betas" in saved_method and "betas" not in explicit) \
-        else list(opts["betas"])
+    # Precedence: the command line, then the resumed run's own settings, then the preset, then
+    # the defaults; `sources` records which one each value came from.
+    preset_name = opts.get("preset") if "preset" in explicit else saved_run.get("preset")
+    preset = PRESETS[preset_name]["method"] if preset_name else {}
+    method, sources = {}, {}
+    for name in _METHOD_OPTIONS + ["betas"]:
+        if name in explicit:
+            method[name], sources[name] = opts[name], "command line"
+        elif name in saved_method:
+            method[name], sources[name] = saved_method[name], "resumed state"
+        elif name in preset:
+            method[name], sources[name] = preset[name], f"preset {preset_name}"
+        else:
+            method[name], sources[name] = opts[name], "default"
+    method["betas"] = list(method["betas"])
     probs = _parse_probs(opts.get("label_probs"))
     method["label_probs"] = saved_method.get("label_probs") if (probs is None and saved_method) else probs
     if "gap_bins" in saved_method:
@@ -238,7 +249,7 @@ def resolve_run_config(opts, explicit=()):
                     metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
                     metrics_detector=pick("metrics_detector"), dist_timeout=float(opts["dist_timeout"]),
                     tensorboard=opts["tensorboard"], metrics_seeds=_check_seeds(pick("metrics_seeds")),
-                    refine=refine)
+                    preset=preset_name, refine=refine, sources=sources)
     return run, state
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
 __all__ = ["RefineConfig", "RunConfig", "field_help", "field_default", "LOSSES", "NORMALIZE", "SIGMA_LAWS", "PRECISIONS",
-           "TEACHER_MODES", "METHOD_FIELDS_RESUMABLE"]
+           "TEACHER_MODES", "METHOD_FIELDS_RESUMABLE", "PRESETS"]
 
 LOSSES = ("ikl", "sid")
 NORMALIZE = ("none", "dmd")
@@ -153,6 +153,24 @@ def field_default(cls, name):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+# Named bundles of method settings, EDM-style (`--preset`); options given explicitly win.
+PRESETS = {
+    "paper-cifar10": dict(
+        about="the official Diff-Instruct values (its README's CIFAR-10 run): batch 128, Adam lr 1e-5 "
+              "for both networks, betas (0, 0.999), 1:1 updates, EDM's log-normal sigma, teacher "
+              "and fake score in train mode with a shared dropout mask",
+        method=dict(batch=128, lr_gen=1e-5, lr_fake=1e-5, betas=(0.0, 0.999), adam_eps=1e-8,
+                    fake_updates=1, fake_warmup=0, loss="ikl", normalize="none",
+                    sigma_law="lognormal", P_mean=-1.2, P_std=1.2, teacher_mode="train",
+                    ema_kimg=500.0, ema_rampup=0.05)),
+    "digits": dict(
+        about="the best settings measured on the shipped digits pairs (docs/benchmarks.md): batch "
+              "32, generator lr 2e-3 (near the GAN's own training lr), fake-score lr 1e-3, 300 "
+              "fake-score warm-up updates, log-normal sigma centred at 1 (P_mean 0)",
+        method=dict(batch=32, lr_gen=2e-3, lr_fake=1e-3, fake_warmup=300, P_mean=0.0)),
+}
+
+
 # Method settings a resumed run may change without breaking the run it continues.
 METHOD_FIELDS_RESUMABLE = ("device", "precision")
 
@@ -184,9 +202,14 @@ class RunConfig:
     # Long enough for rank 0's snapshot or evaluation, short enough that a lost rank ends the run.
     dist_timeout: float = _opt(900.0, "Seconds a process of a torchrun run waits for the others before "
                                       "it fails with an error.")
+    preset: Optional[str] = _opt(None, "A named bundle of method settings: paper-cifar10 (the official "
+                                       "Diff-Instruct values) or digits (the best measured on the shipped "
+                                       "digits pairs); options given explicitly win.")
     tensorboard: str = _opt("auto", "TensorBoard events in the run folder: auto (when the tensorboard "
                                     "package is installed), on, or off.")
     refine: RefineConfig = field(default_factory=RefineConfig)
+    # Where each setting came from: 'command line', 'preset NAME', 'resumed state' or 'default'.
+    sources: dict = field(default_factory=dict)
 
     def to_dict(self):
         d = json.loads(json.dumps(dataclasses.asdict(self)))

@@ -322,7 +322,8 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
                     gen_name=run.gen, teacher_name=run.teacher, gen_key=run.gen_key,
                     kimg=run.kimg, snap=run.snap, grid=run.grid, outdir=os.path.abspath(run.outdir),
                     metrics=run.metrics, metrics_ref=run.metrics_ref, metrics_num=run.metrics_num,
-                    metrics_detector=run.metrics_detector, world_size=dist.world_size)
+                    metrics_detector=run.metrics_detector, metrics_seeds=run.metrics_seeds,
+                    preset=run.preset, world_size=dist.world_size)
 
     def make_run_dir():
         run_dir = _next_run_dir(run.outdir, _run_desc(run))

@@ -371,3 +371,34 @@ def test_docs_options_table_is_the_commands_own():
     for row in table.splitlines()[2:]:
         flag = row.split("`")[1]
         assert flag in helptext, flag
+
+
+def test_presets_explicit_options_win_and_sources_are_reported(pkls, tmp_path):
+    from gan_refine.config import PRESETS, RefineConfig
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits",
+                "--lr-fake", 3e-3, "--dry-run", "--outdir", tmp_path / "runs"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
+    digits = PRESETS["digits"]["method"]
+    assert cfg["refine"]["batch"] == digits["batch"] == 32 and cfg["refine"]["P_mean"] == 0.0
+    assert cfg["refine"]["lr_fake"] == 3e-3  # given explicitly: wins over the preset's 1e-3
+    assert cfg["refine"]["P_std"] == RefineConfig().P_std  # not in the preset: the default
+    assert cfg["sources"]["batch"] == "preset digits" and cfg["sources"]["lr_fake"] == "command line"
+    assert cfg["sources"]["P_std"] == "default"
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "paper-cifar10",
+                "--dry-run", "--outdir", tmp_path / "runs"])
+    cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
+    assert cfg["refine"]["teacher_mode"] == "train" and cfg["refine"]["lr_gen"] == 1e-5
+    assert cfg["refine"]["betas"] == [0.0, 0.999] and cfg["refine"]["batch"] == 128
+
+
+def test_resumed_run_keeps_its_preset_and_its_own_values(pkls, tmp_path):
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits", "--batch", 4,
+                "--fake-warmup", 1, "--kimg", 0.004, "--grid", 0, "--device", "cpu", "--outdir", tmp_path / "runs"])
+    assert r.exit_code == 0, r.output
+    (run,) = run_dirs(tmp_path / "runs")
+    r = invoke(["--resume", run, "--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.008,
+                "--dry-run"])
+    cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
+    assert cfg["preset"] == "digits" and cfg["refine"]["batch"] == 4 and cfg["refine"]["lr_gen"] == 2e-3
+    assert cfg["sources"]["batch"] == "resumed state" and cfg["outdir"] == str(tmp_path / "runs")
