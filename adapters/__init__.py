@@ -12,6 +12,7 @@ from .base import (GeneratorAdapter, IncompatibleModelsError, TeacherAdapter, fo
                    normalize_labels, normalize_sigma)
 from .edm import EDM_PRECOND_CLASSES, EDMTeacherAdapter, is_edm_denoiser
 from .generic import GenericGeneratorAdapter, GenericTeacherAdapter
+from .mixture import MixtureTeacher
 from .registry import (ENTRY_POINT_GROUP, Family, as_generator, as_teacher, check_compatible,
                        discover_entry_points, generator_families, register_generator,
                        register_teacher, teacher_families, unregister)
@@ -25,5 +26,5 @@ __all__ = [
     "register_generator", "register_teacher", "unregister", "Family",
     "generator_families", "teacher_families", "discover_entry_points", "ENTRY_POINT_GROUP",
     "is_stylegan_generator", "is_edm_denoiser", "EDM_PRECOND_CLASSES",
-    "normalize_sigma", "normalize_labels", "force_fp32",
+    "normalize_sigma", "normalize_labels", "force_fp32", "MixtureTeacher",
 ]

@@ -68,7 +68,10 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @click.command(cls=_Command, context_settings=dict(show_default=True, max_content_width=110,
                                                    help_option_names=["-h", "--help"]))
 @_run_opt("--gen", "gen", cli_default=None, type=str)
-@_run_opt("--teacher", "teacher", type=str)
+@click.option("--teacher", "teacher", multiple=True, default=(field_default(RunConfig, "teacher"),),
+              show_default=True, help=field_help(RunConfig, "teacher") + " Give it again for several "
+              "teachers: the generator then follows the weighted mixture of their denoisers.")
+@_run_opt("--teacher-weights", "teacher_weights", type=str)
 @_run_opt("--start-from", "gen_key", type=click.Choice(["G_ema", "G"]))
 @_run_opt("--outdir", "outdir", type=click.Path(file_okay=False))
 @_run_opt("--kimg", "kimg", type=float)
@@ -159,6 +162,20 @@ def _parse_probs(text):
         _fail(f"--label-probs must be comma-separated numbers, e.g. 0.1,0.9; got {text!r}")
 
 
+def _parse_weights(text, n):
+    if text is None:
+        return None
+    try:
+        weights = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--teacher-weights must be comma-separated numbers, one per --teacher; got {text!r}")
+    if len(weights) != n:
+        _fail(f"--teacher-weights has {len(weights)} weights for {n} --teacher option(s); give one each")
+    if any(not (w >= 0 and math.isfinite(w)) for w in weights) or not sum(weights) > 0:
+        _fail(f"--teacher-weights must be non-negative with a positive sum; got {text}")
+    return weights
+
+
 def _check_seeds(text):
     if text is None:
         return None
@@ -243,7 +260,10 @@ def resolve_run_config(opts, explicit=()):
                   f"kimg); raise --kimg above {done * refine.batch / 1000:g} to continue it")
     metrics, alias_num = _parse_metrics(pick("metrics"))
     metrics_num = pick("metrics_num") if ("metrics_num" in explicit or alias_num is None) else alias_num
-    run = RunConfig(gen=gen, teacher=opts["teacher"], gen_key=pick("gen_key"),
+    teachers = list(opts["teacher"])
+    weights = _parse_weights(opts.get("teacher_weights"), len(teachers))
+    run = RunConfig(gen=gen, teacher=teachers[0], more_teachers=teachers[1:], teacher_weights=weights,
+                    gen_key=pick("gen_key"),
                     outdir=pick("outdir"), kimg=kimg, snap=snap, grid=int(pick("grid")),
                     resume=opts.get("resume"), metrics=metrics,
                     metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
@@ -264,7 +284,11 @@ def _check_resume_sources(opts, explicit, saved_run):
         return
     import shlex
     stored = {k: saved_run.get(f"{k}_name") or saved_run.get(k) for k in ("gen", "teacher")}
+    more = saved_run.get("more_teacher_names") or []
     hint = " ".join(f"--{k} {shlex.quote(str(stored[k]))}" for k in missing if stored.get(k))
+    if "teacher" in missing and more:
+        hint += "".join(f" --teacher {shlex.quote(str(t))}" for t in more)
+        stored["teacher"] = ", ".join([str(stored["teacher"])] + [str(t) for t in more])
     shown = "; ".join(f"{k} {stored[k]}" for k in ("gen", "teacher") if stored.get(k)) or "none recorded"
     _fail(f"--resume needs {' and '.join('--' + k for k in missing)} again: resuming loads only "
           f"network pickles named on the command line, because loading one runs the code inside "

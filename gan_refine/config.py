@@ -180,6 +180,11 @@ class RunConfig:
     gen: str = _opt("", "Generator network pickle: path, URL or name from pretrained_urls.json.")
     teacher: str = _opt("edm", "Diffusion teacher pickle: path, URL, name, or a family/data-set word "
                                "('edm', 'digits') to pick the table's teacher matching the generator.")
+    more_teachers: List[str] = _opt(help="Further teachers (a second and later --teacher): the generator "
+                                         "follows the weighted mixture of all teachers' denoisers.",
+                                    factory=list)
+    teacher_weights: Optional[List[float]] = _opt(None, "Comma-separated weights of the teachers, in "
+                                                        "--teacher order (default: equal).")
     gen_key: str = _opt("G_ema", "Which generator of the pickle to refine.", why="upstream's EMA export")
     outdir: str = _opt("runs", "Where to create the numbered run folder.")
     kimg: float = _opt(200.0, "Refinement length in thousands of generated images.")

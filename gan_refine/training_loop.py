@@ -252,16 +252,21 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     teacher_src, teacher_target = run.teacher, "<in-memory teacher>"
     # What the table says of the generator (a dry run then needs no download at all).
     gen_shape = None if generator is not None else _table_shape(run.gen, gen_target)
-    if teacher is None:
+
+    def resolve_teacher(src):
+        nonlocal gen_data, gen_shape
         from . import pretrained
         # A family or data-set word ('edm', 'digits') means: the table's teacher that fits --gen.
-        if not os.path.exists(teacher_src) and teacher_src.lower() in pretrained.teacher_selectors():
+        if not os.path.exists(src) and src.lower() in pretrained.teacher_selectors():
             if gen_shape is None:
                 if gen_data is None:
                     gen_data = _load(gen_target, "gen", dist)
                 gen_shape = _adapter_shape(_generator_adapter(gen_data, run.gen_key))
-            teacher_src = _pick_teacher(gen_shape, teacher_src.lower())
-        teacher_target = _resolve_source(teacher_src, "teacher")
+            src = _pick_teacher(gen_shape, src.lower())
+        return src, _resolve_source(src, "teacher")
+    if teacher is None:
+        teacher_src, teacher_target = resolve_teacher(teacher_src)
+    more = [resolve_teacher(src) for src in run.more_teachers]  # (name, target) of the others
     probs = run.refine.label_probs
     if probs is not None and gen_shape is None and (generator is not None or os.path.isfile(gen_target)):
         if gen_data is None:  # a local file: reading it downloads nothing
@@ -275,6 +280,7 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     evaluation = resolve_metrics(run, gen_target)
     resolved = dict(run.to_dict(), resolved=dict(gen=gen_target, teacher=teacher_target,
                                                  teacher_name=teacher_src, steps=steps,
+                                                 more_teachers=[t for _, t in more],
                                                  snap_steps=snap_steps, metrics=evaluation,
                                                  world_size=dist.world_size,
                                                  batch_per_process=run.refine.batch // dist.world_size))
@@ -289,9 +295,18 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     if gen_data is None:
         gen_data = _load(gen_target, "gen", dist)
     teacher_data = teacher if teacher is not None else _load(teacher_target, "teacher", dist)
+    fake_score = None
     try:
+        if more:  # several teachers: their weighted mixture, and one fake score (the first's copy)
+            import copy
+            from .adapters import MixtureTeacher, as_teacher
+            members = [as_teacher(teacher_data)] + [as_teacher(_load(t, "teacher", dist)) for _, t in more]
+            teacher_data = MixtureTeacher(members, run.teacher_weights)
+            fake_score = copy.deepcopy(members[0])
+        elif run.teacher_weights is not None and len(run.teacher_weights) != 1:
+            raise RunError(f"--teacher-weights has {len(run.teacher_weights)} weights for one teacher")
         refiner = Refiner(gen_data, teacher_data, run.refine.replace(device=device),
-                          gen_key=run.gen_key, dist=dist)
+                          gen_key=run.gen_key, dist=dist, fake_score=fake_score)
     except IncompatibleModelsError as err:
         raise RunError(err) from None
     except NonFiniteWeightsError as err:
@@ -320,6 +335,8 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
         return target if "://" in target or target.startswith("<") else os.path.abspath(target)
     run_info = dict(gen=portable(gen_target), teacher=portable(teacher_target),
                     gen_name=run.gen, teacher_name=run.teacher, gen_key=run.gen_key,
+                    more_teachers=[portable(t) for _, t in more], more_teacher_names=list(run.more_teachers),
+                    teacher_weights=run.teacher_weights,
                     kimg=run.kimg, snap=run.snap, grid=run.grid, outdir=os.path.abspath(run.outdir),
                     metrics=run.metrics, metrics_ref=run.metrics_ref, metrics_num=run.metrics_num,
                     metrics_detector=run.metrics_detector, metrics_seeds=run.metrics_seeds,
@@ -410,8 +427,11 @@ def resume_command(run, run_dir):
     parts = ["gan-refine", "--resume", os.path.join(run_dir, "refine-state.pt")]
     if run.gen:
         parts += ["--gen", run.gen]
-    if run.teacher:
-        parts += ["--teacher", run.teacher]
+    for t in [run.teacher] + list(run.more_teachers):
+        if t:
+            parts += ["--teacher", t]
+    if run.teacher_weights:
+        parts += ["--teacher-weights", ",".join(f"{w:g}" for w in run.teacher_weights)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
