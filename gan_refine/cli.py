@@ -112,6 +112,7 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @_method_opt("--device", "device", type=str)
 @_method_opt("--seed", "seed", type=click.IntRange(0, 2 ** 63 - 1))
 @_method_opt("--label-probs", "label_probs", type=str)
+@_method_opt("--update-order", "update_order", type=click.Choice(RefineConfig.UPDATE_ORDERS))
 @_run_opt("--dist-timeout", "dist_timeout", type=_POS)
 @_run_opt("--preset", "preset", type=click.Choice(sorted(PRESETS)))
 @_run_opt("--tensorboard", "tensorboard", type=click.Choice(["auto", "on", "off"]))
@@ -126,8 +127,8 @@ def main(ctx, **opts):
     except RunError as err:
         _fail(err)
     except KeyboardInterrupt:
-        raise click.ClickException("aborted by a second Ctrl-C; no snapshot was written for the "
-                                   "unfinished step (the last one written is intact)") from None
+        raise click.ClickException("aborted by Ctrl-C; nothing was written for the unfinished step, "
+                                   "and the snapshots written before it are intact") from None
 
 
 def options_markdown():
