@@ -32,7 +32,8 @@ def evaluate_generator(G, plan, ref, device, dist, seed=0):
         res = compute_metrics(gen=G, ref=ref, metrics=plan["metrics"], num=len(seeds), seeds=seeds,
                               detector=plan["detector"], device=device, seed=seed, batch_size=BATCH)
         return res, ref
-    detector = get_detector(plan["detector"], device=device)
+    with dist.main_first("loading the metrics detector"):  # only rank 0 downloads it
+        detector = get_detector(plan["detector"], device=device)
     num = len(seeds)
     mine = []
     for start in range(dist.rank * BATCH, num, dist.world_size * BATCH):
