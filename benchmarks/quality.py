@@ -6,7 +6,7 @@ For each digits pair (unconditional, conditional) it reports, against the traini
   (c) the teacher's own multi-step sampler (EDM Heun, 18 steps = 35 evaluations),
   (d) the held-out test images (the floor: real images the models never saw),
 plus one ablation (--ablation: no fake-score warm-up, 5 fake-score updates per generator
-update, SiD instead of IKL, or teacher in train mode), with wall times and the machine. Writes
+update, SiD instead of IKL, teacher in train mode, or the single-forward update order), with wall times and the machine. Writes
 <out>.json and <out>.md. FIDs follow the `gan-refine --metrics` protocol (seeds 0..num-1).
 
     python benchmarks/quality.py [--quick] [--out docs/quality/run]
@@ -147,6 +147,10 @@ def run_ablation(kind, res, args):
             res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
         elif args.ablation == "no-warmup":
             res["ablation"] = {"name": "no fake-score warm-up", "curve": refine_curve("no-warmup", fake_warmup=0)[0]}
+        elif args.ablation == "single-forward":
+            curve, secs = refine_curve("single-forward", update_order="single-forward")
+            res["ablation"] = {"name": "update order single-forward (one generator forward per step)",
+                               "curve": curve, "seconds_per_seed": summarize(secs)}
         elif args.ablation == "teacher-train":
             res["ablation"] = {"name": "teacher and fake score in train mode (shared dropout)",
                                "curve": refine_curve("train-mode", teacher_mode="train")[0]}
@@ -208,7 +212,11 @@ def main():
     ap.add_argument("--fake-warmup", type=int, default=300)
     ap.add_argument("--p-mean", type=float, default=0.0, help="log-normal noise-level law: mean of ln(sigma)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train", "no-warmup"],
+    ap.add_argument("--teacher-mode", choices=["eval", "train"], default="eval")
+    ap.add_argument("--update-order", choices=["official", "single-forward"], default="official",
+                    help="update order of the main curves (the single-forward ablation compares the other)")
+    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train", "no-warmup",
+                                           "single-forward"],
                     default="no-warmup")
     ap.add_argument("--ablation-pairs", default="uncond", help="pairs the ablation runs on")
     ap.add_argument("--ablation-seeds", type=int, default=2)
@@ -230,7 +238,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     args.method = dict(batch=args.batch, lr_gen=args.lr_gen, lr_fake=args.lr_fake,
-                       fake_warmup=args.fake_warmup, P_mean=args.p_mean)
+                       fake_warmup=args.fake_warmup, P_mean=args.p_mean, teacher_mode=args.teacher_mode,
+                       update_order=args.update_order)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     t_all = time.time()

@@ -76,6 +76,16 @@ class RefineConfig:
                                                     "generators (default: uniform).")
     gap_bins: Tuple[float, ...] = _opt((0.1, 0.5, 2.0, 10.0), "Noise-level bin edges for the logged "
                                                               "mean |D_phi - D_T| per bin.")
+    # The official order trains the fake score on a sample of its own before the generator's
+    # update. DMD2's order reuses the generator's sample: one generator forward less per step,
+    # and with --teacher-mode train one fake-score forward less (docs/design.md, "The method").
+    update_order: str = _opt("official", "'official': fake-score update(s) on a fresh no-grad sample, then "
+                                         "the generator update (Diff-Instruct's loop, bit for bit); "
+                                         "'single-forward': one generator forward per step, whose detached "
+                                         "sample, noise levels and noise also train the fake score, both "
+                                         "networks updating from the same state (DMD2's order; faster).",
+                             why="official Diff-Instruct code")
+    UPDATE_ORDERS = ("official", "single-forward")  # a class constant, not a field
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)

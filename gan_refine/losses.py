@@ -13,7 +13,7 @@ convention, see adapters); x = x0 + sigma * noise.
 import torch
 
 __all__ = ["edm_weight", "gradient_surrogate", "fake_score_loss", "ikl_generator_loss",
-           "sid_generator_loss", "GENERATOR_LOSSES", "per_sample_mean_abs"]
+           "ikl_and_fake_score_loss", "sid_generator_loss", "GENERATOR_LOSSES", "per_sample_mean_abs"]
 
 # Guards the per-sample normalisers of DMD and SiD against a zero denominator (SiD's value).
 NORMALISER_FLOOR = 1e-5
@@ -56,7 +56,10 @@ def fake_score_loss(fake_score, x0, sigma, noise, c, sigma_data):
     x0 = x0.detach()
     s = _expand(sigma, x0)
     x = x0 + s * noise
-    denoised = fake_score(x, sigma, c).to(x0.dtype)
+    return _fake_score_terms(fake_score(x, sigma, c).to(x0.dtype), x0, sigma, sigma_data)
+
+
+def _fake_score_terms(denoised, x0, sigma, sigma_data):
     sq = (denoised - x0).square().flatten(1).sum(1)
     per_sample = edm_weight(sigma.to(x0.dtype), sigma_data) * sq
     return per_sample, {"fake_score/mse": sq.detach() / x0[0].numel()}
@@ -75,15 +78,47 @@ def ikl_generator_loss(fake_score, teacher, x0, sigma, noise, c, normalize="none
         x = x0.detach() + s * noise
         d_fake = fake_score(x, sigma, c).to(x0.dtype)
         d_teacher = teacher(x, sigma, c).to(x0.dtype)
-        g = d_fake - d_teacher
-        gap = per_sample_mean_abs(g)
-        if normalize == "dmd":
-            scale = per_sample_mean_abs(x0.detach() - d_teacher).clamp(min=NORMALISER_FLOOR)
-            g = g / _expand(scale, g)
-        elif normalize not in (None, "none"):
-            raise ValueError(f"unknown normalize={normalize!r}; use 'none' or 'dmd'")
+    return _ikl_terms(d_fake, d_teacher, x0, normalize)
+
+
+@torch.no_grad()
+def _ikl_gradient(d_fake, d_teacher, x0, normalize):
+    g = d_fake - d_teacher
+    gap = per_sample_mean_abs(g)
+    if normalize == "dmd":
+        scale = per_sample_mean_abs(x0.detach() - d_teacher).clamp(min=NORMALISER_FLOOR)
+        g = g / _expand(scale, g)
+    elif normalize not in (None, "none"):
+        raise ValueError(f"unknown normalize={normalize!r}; use 'none' or 'dmd'")
+    return g, gap
+
+
+def _ikl_terms(d_fake, d_teacher, x0, normalize):
+    g, gap = _ikl_gradient(d_fake, d_teacher, x0, normalize)
     per_sample = gradient_surrogate(x0, g)
     return per_sample, {"gap": gap, "grad_x0_abs": per_sample_mean_abs(g)}
+
+
+def ikl_and_fake_score_loss(fake_score, teacher, x0, sigma, noise, c, sigma_data, normalize="none"):
+    """The IKL generator loss and the fake score's loss from one fake-score forward, for an
+    update order in which both use the same x = x0 + sigma * noise (Refiner's
+    update_order='single-forward').
+
+    Returns (generator per_sample, fake-score per_sample, figures): the values of
+    ikl_generator_loss and fake_score_loss on the same inputs, provided the fake score computes
+    the same in both (same mode, same dropout mask). The fake score is called once, with
+    gradients for its parameters only (x0 is detached in its input); the teacher once, without
+    gradients.
+    """
+    s = _expand(sigma, x0)
+    x0_d = x0.detach()
+    x = x0_d + s * noise
+    d_fake = fake_score(x, sigma, c).to(x0.dtype)
+    with torch.no_grad():
+        d_teacher = teacher(x, sigma, c).to(x0.dtype)
+    gen_per_sample, figs = _ikl_terms(d_fake.detach(), d_teacher, x0, normalize)
+    fake_per_sample, fake_figs = _fake_score_terms(d_fake, x0_d, sigma, sigma_data)
+    return gen_per_sample, fake_per_sample, dict(figs, **fake_figs)
 
 
 def sid_generator_loss(fake_score, teacher, x0, sigma, noise, c, alpha=1.2):

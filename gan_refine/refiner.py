@@ -25,7 +25,9 @@ import time
 import torch
 
 from . import distributed, losses
+from .acceleration import CHECKPOINT_PARTS, CompiledForward, checkpointed_blocks
 from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
+from .rollback import TensorRollback
 from .sigma import bin_index, bin_labels, make_sigma_law
 from .snapshot import capture_global_rng, restore_global_rng
 
@@ -38,7 +40,9 @@ def steps_for_kimg(kimg, batch):
 
 
 class NonFiniteError(RuntimeError):
-    """A network produced NaN/inf; raised before any weight was changed by the bad values."""
+    """A network produced NaN/inf. Raised before the generator (or its EMA) is changed by the
+    bad values, with the fake score's updates of that step undone: the refiner is left exactly
+    as it was before the step."""
 
 
 def resolve_device(device="auto"):
@@ -105,6 +109,62 @@ def _check_finite_weights(net, what):
                                     f"another snapshot", what)
 
 
+def _adam(params, **kw):
+    """Adam, fused when asked for and the parameters allow it (else PyTorch's default)."""
+    if kw.get("fused"):
+        try:
+            return torch.optim.Adam(params, **kw)
+        except (RuntimeError, ValueError, TypeError):
+            kw = dict(kw, fused=None)
+    return torch.optim.Adam(params, **kw)
+
+
+def _total_norm(params):
+    """The L2 norm of all gradients together, as clip_grad_norm_ computes it."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros([], device=params[0].device)
+    get = getattr(torch.nn.utils, "get_total_norm", None)
+    if get is not None:
+        return get(grads)
+    return torch.nn.utils.clip_grad_norm_(params, math.inf)
+
+
+def _checkpoint_parts(parts):
+    """activation_checkpointing= as a set of CHECKPOINT_PARTS ('all', one name, or several)."""
+    if parts in (None, False, "none", ""):
+        return frozenset()
+    if isinstance(parts, str):
+        parts = CHECKPOINT_PARTS if parts == "all" else [parts]
+    parts = frozenset(parts)
+    unknown = sorted(parts - set(CHECKPOINT_PARTS))
+    if unknown:
+        raise ValueError(f"activation_checkpointing: unknown part(s) {', '.join(unknown)}; use "
+                         f"{', '.join(CHECKPOINT_PARTS)} or 'all'")
+    return parts
+
+
+class _Checks:
+    """The NaN/inf checks of one step, kept on the device until the step reads them all at once
+    (with its statistics), so checking costs no synchronisation of its own."""
+
+    def __init__(self):
+        self.flags, self.labels = [], []
+
+    def add(self, t, what, updated):
+        """`what`: how the message names the tensor; `updated`: whether any optimiser step had
+        been taken before this value was computed (it decides whom the message blames)."""
+        self.flags.append(torch.isfinite(t).all().logical_not())
+        self.labels.append((what, updated))
+
+    def first_bad(self, flags):
+        """The label of the first check that failed (flags: host values, as many as checks)."""
+        for (what, updated), bad in zip(self.labels, flags):
+            if bad:
+                return what, updated
+        return None
+
+
 def _adapt_generator(obj, gen_key, kw):
     from .adapters import as_generator
     return as_generator(obj, which=gen_key, **kw)
@@ -131,15 +191,29 @@ class Refiner:
         process_group: an initialised torch.distributed group to refine on (every rank builds
             its Refiner with the same arguments); default: the default group if one is
             initialised, else this process alone.
+        compile: call the networks through torch.compile (inductor; CPU needs a C++ compiler).
+            Each network compiles on first use in each mode it meets, which takes minutes for
+            a 55M-parameter UNet on CPU; a network that fails to compile runs uncompiled, with a
+            warning. Not used on several processes. Speed figures: docs/benchmarks.md.
+        activation_checkpointing: networks whose activations are recomputed in the backward
+            pass instead of being kept, for batches that do not fit: any of 'generator',
+            'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
+            results are the same bit for bit; a step costs about one more forward of each.
     """
 
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
                  gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
-                 dist=None, **overrides):
+                 dist=None, compile=False, activation_checkpointing=(), **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
         cfg.validate()
+        if cfg.update_order not in RefineConfig.UPDATE_ORDERS:
+            raise ValueError(f"update_order must be one of {', '.join(RefineConfig.UPDATE_ORDERS)}, "
+                             f"got {cfg.update_order!r}")
+        self.checkpointing = _checkpoint_parts(activation_checkpointing)
+        if compile and self.checkpointing:
+            raise ValueError("compile and activation_checkpointing do not combine; choose one")
         self.config = cfg
         self.dist = dist if dist is not None else distributed.from_group(process_group)
         world = self.dist.world_size
@@ -186,8 +260,15 @@ class Refiner:
         self.sigma_data = float(self.teacher.sigma_data)
 
         adam = dict(betas=cfg.betas, eps=cfg.adam_eps)
-        self.opt_G = torch.optim.Adam(self._g_params, lr=cfg.lr_gen, **adam)
-        self.opt_fake = torch.optim.Adam(self._f_params, lr=cfg.lr_fake, **adam)
+        if cfg.update_order == "official":
+            # PyTorch's multi-tensor Adam (its default on CUDA, not on CPU): on CPU the same
+            # numbers as the per-tensor loop, bit for bit, and 1.5x faster (docs/benchmarks.md).
+            adam["foreach"] = True
+        else:
+            # Adam's fused kernel: the same update up to rounding, 4x faster than the loop on CPU.
+            adam["fused"] = True
+        self.opt_G = _adam(self._g_params, lr=cfg.lr_gen, **adam)
+        self.opt_fake = _adam(self._f_params, lr=cfg.lr_fake, **adam)
         fp16 = cfg.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler("cuda") if fp16 else None
         self.scaler_fake = torch.amp.GradScaler("cuda") if fp16 else None
@@ -206,6 +287,16 @@ class Refiner:
             kw["forward_sync_buffers" if newer else "broadcast_buffers"] = False
             self._G_train = DDP(self.G, **kw)
             self._fake_train = DDP(self.fake_score, **kw)
+
+        self.compiled = bool(compile) and not self.dist.enabled
+        self._compiled = {}
+        if compile and self.dist.enabled:
+            import warnings
+            warnings.warn("compile is not used on several processes (the per-rank random draws "
+                          "are not traceable); running uncompiled", RuntimeWarning, stacklevel=2)
+        # The fake score's updates of a step are undone from here when the step meets NaN/inf.
+        self._fake_rollback = TensorRollback([self.fake_score], [self.opt_fake])
+        self._fake_snapshot_taken = False
 
         self.sigma_law = make_sigma_law(cfg.sigma_law, P_mean=cfg.P_mean, P_std=cfg.P_std,
                                         sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
@@ -255,6 +346,11 @@ class Refiner:
     def _draw_seed(self):
         return int(torch.randint(0, 2 ** 62, [1], generator=self.rng, device=self.device).item())
 
+    def _draw_seeds(self, n):
+        """n seeds in one draw and one transfer (the official order draws them one by one, in
+        the places its random stream has them)."""
+        return torch.randint(0, 2 ** 62, [n], generator=self.rng, device=self.device).tolist()
+
     def _latents(self):
         # Drawn for the global batch on every rank, so the run does not depend on world size.
         z, c = self.G.sample_latents(self.config.batch, generator=self.rng, device=self.device,
@@ -267,44 +363,52 @@ class Refiner:
         noise = torch.randn([n, *x0.shape[1:]], generator=self.rng, device=self.device, dtype=x0.dtype)
         return self._mine(sigma), self._mine(noise)
 
-    def _check_finite(self, checks):
-        """Raise NonFiniteError, on every rank alike, if any (tensor, what) holds NaN/inf."""
-        bad = torch.stack([~torch.isfinite(t).all() for t, _ in checks]).to(torch.int64)
-        self.dist.all_reduce(bad, op="max", what="checking for NaN/inf")
-        bad = bad.tolist()
-        if any(bad):
-            what = next(w for (_, w), b in zip(checks, bad) if b)
-            raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; {self._blame()}")
-
-    def _blame(self):
-        if not self._updated:
+    def _blame(self, updated):
+        if not updated:
             return ("this happened before the first update, so the input networks make it: check "
                     "that the generator and teacher pickles hold finite weights (the refiner "
                     "state is unchanged)")
         return ("the refiner was left as it was before this step (lower the learning rate, use "
                 "fp32, or add --grad-clip)")
 
-    def _apply(self, loss, opt, params, scaler, what):
-        """Back-propagate into `params` only, clip, step; returns the pre-clip gradient norm."""
+    def _backward(self, loss, opt, params, scaler, checks, what):
+        """Back-propagate into `params` only and clip; returns the pre-clip gradient norm, as a
+        device tensor (checked with the step's other values, not here)."""
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward(inputs=params)
             scaler.unscale_(opt)
         else:
             loss.backward(inputs=params)
-        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self.config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        else:  # the norm alone: clipping at inf would still multiply every gradient by 1
+            norm = _total_norm(params)
+        if scaler is None:
+            # With loss scaling an overflow only skips the update (scaler.step): not an error.
+            # After DDP's averaging every rank holds the same gradient, so they agree here.
+            checks.add(norm, f"the {what} gradient", self._updated)
+        return norm.detach()
+
+    def _optimizer_step(self, opt, scaler):
         if scaler is not None:
             scaler.step(opt)  # skips the update itself when the scaled gradients overflowed
             scaler.update()
         else:
-            # After DDP's averaging every rank holds the same gradient, so they agree here.
-            if not math.isfinite(norm):
-                raise NonFiniteError(f"the {what} gradient is NaN/inf at step {self.cur_step + 1}; "
-                                     f"{self._blame()}")
             opt.step()
         self._updated = True
-        return norm
+
+    @contextlib.contextmanager
+    def _checkpointing(self, *parts):
+        """Activation checkpointing of these networks' forwards, where asked for (a forward
+        without gradients is never checkpointed)."""
+        nets = {"generator": self.G, "fake-score": self.fake_score, "teacher": self.teacher}
+        recompute = self._randomness if self.dist.enabled else None
+        with contextlib.ExitStack() as stack:
+            for part in parts:
+                if part in self.checkpointing:
+                    stack.enter_context(checkpointed_blocks(nets[part], recompute_context=recompute))
+            yield
 
     def _generator_loss(self, fake, teacher, x0, sigma, noise, c):
         cfg = self.config
@@ -335,121 +439,246 @@ class Refiner:
         before the very first one); returns statistics.
 
         A NonFiniteError leaves the refiner exactly as it was before the call: the fake score's
-        updates of this step are undone, and the counters and random streams are rewound.
+        updates of this step are undone, and the counters and random streams are rewound. The
+        NaN/inf checks of the whole step are read in one transfer, with the statistics, before
+        the generator's optimiser step.
         """
-        undo = self._checkpoint_fake()
+        start = dict(rng=self.rng.get_state(), updated=self._updated,
+                     scaler=None if self.scaler_fake is None else copy.deepcopy(self.scaler_fake.state_dict()))
+        self._fake_snapshot_taken = False
         try:
             with self._precision_flags():
                 return self._step()
         except NonFiniteError:
-            self._restore_fake(undo)
+            self._undo(start)
             raise
 
-    def _checkpoint_fake(self):
-        opt_state = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-                     for p, st in self.opt_fake.state.items()}
-        return dict(weights=[t.detach().clone() for t in self.fake_score.state_dict().values()],
-                    opt_state=opt_state, rng=self.rng.get_state(), updated=self._updated,
-                    scaler=None if self.scaler_fake is None else copy.deepcopy(self.scaler_fake.state_dict()))
-
     @torch.no_grad()
-    def _restore_fake(self, undo):
-        for t, saved in zip(self.fake_score.state_dict().values(), undo["weights"]):
-            t.copy_(saved)
-        self.opt_fake.state.clear()
-        self.opt_fake.state.update(undo["opt_state"])
-        if undo["scaler"] is not None:
-            self.scaler_fake.load_state_dict(undo["scaler"])
-        self.rng.set_state(undo["rng"])
-        self._updated = undo["updated"]
+    def _undo(self, start):
+        if self._fake_snapshot_taken:
+            self._fake_rollback.restore()
+        if start["scaler"] is not None:
+            self.scaler_fake.load_state_dict(start["scaler"])
+        self.rng.set_state(start["rng"])
+        self._updated = start["updated"]
         self.opt_fake.zero_grad(set_to_none=True)
         self.opt_G.zero_grad(set_to_none=True)
 
     def _step(self):
         cfg = self.config
         t0 = time.perf_counter()
-        fake_losses, fake_norms, fake_mse = [], [], []
+        checks = _Checks()
         warmup = cfg.fake_warmup if self.cur_step == 0 else 0
-        for _ in range(cfg.fake_updates + warmup):
-            z, c = self._latents()
-            with _global_rng_scope(self._draw_seed(), self.device):
-                with torch.no_grad(), self._autocast(), self._randomness():
-                    x0 = self.G(z, c).float()
-                sigma, noise = self._noise(x0)
-                self.fake_score.train()  # trained like its teacher was (dropout on)
-                with self._autocast(), self._randomness():
-                    per_sample, figs = losses.fake_score_loss(self._fake_train, x0, sigma, noise, c,
-                                                              self.sigma_data)
-                loss = per_sample.float().mean()
-                self._check_finite([(x0, "the generator output"), (loss, "the fake-score loss")])
-                fake_norms.append(self._apply(loss, self.opt_fake, self._f_params,
-                                              self.scaler_fake, "fake-score"))
-            fake_losses.append(loss.detach())
-            fake_mse.append(figs["fake_score/mse"].float().mean())
-
-        z, c = self._latents()
-        step_seed = self._draw_seed()
-        self.fake_score.requires_grad_(False)
-        try:
-            with _global_rng_scope(step_seed, self.device):
-                self.G.train()
-                with self._autocast(), self._randomness():
-                    x0 = self._G_train(z, c).float()
-                sigma, noise = self._noise(x0)
-                if cfg.teacher_mode == "train":
-                    self.fake_score.train()
-                    self.teacher.train()
-                    dropout_seed = self._draw_seed()
-                    fake = _SharedDropout(self.fake_score, dropout_seed, self.device)
-                    teacher = _SharedDropout(self.teacher, dropout_seed, self.device)
-                else:
-                    self.fake_score.eval()
-                    fake, teacher = self.fake_score, self.teacher
-                with self._autocast(), self._randomness():
-                    per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
-                loss = per_sample.float().mean()
-                self._check_finite([(x0, "the generator output"), (loss, "the generator loss")])
-                g_norm = self._apply(loss, self.opt_G, self._g_params, self.scaler_G, "generator")
-        finally:
-            self.teacher.eval()
-            self.fake_score.requires_grad_(True)
+        if cfg.update_order == "official":
+            fake = self._fake_updates(cfg.fake_updates + warmup, checks)
+            gen, later = self._official_generator_update(checks), [(self.opt_G, self.scaler_G)]
+        else:
+            fake = self._fake_updates(cfg.fake_updates - 1 + warmup, checks)
+            gen, joint = self._joint_update(checks)
+            fake.append(joint)
+            later = [(self.opt_G, self.scaler_G), (self.opt_fake, self.scaler_fake)]
+        stats = self._gather_stats(gen, fake, checks)  # raises NonFiniteError before any update below
+        for opt, scaler in later:
+            self._optimizer_step(opt, scaler)
         self.cur_step += 1
         self.cur_nimg += cfg.batch
         self._update_ema()
-        stats = self._gather_stats(loss.detach(), fake_losses, fake_mse, figs.get("gap"), sigma)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0  # on CUDA, work queued after the statistics counts in the next step
         stats.update({
             "step": self.cur_step,
             "kimg": self.cur_nimg / 1000,
-            "grad_norm/generator": g_norm,
-            "grad_norm/fake_score": sum(fake_norms) / len(fake_norms),
             "sec_per_step": dt,
             "images_per_sec": cfg.batch / dt if dt > 0 else float("inf"),
         })
         return stats
 
-    def _gather_stats(self, gen_loss, fake_losses, fake_mse, gap, sigma):
-        """Losses (means over the global batch) and the mean gap |D_phi - D_T| overall and per
-        noise-level bin, combined over ranks in one collective and one host transfer."""
+    def _fake_updates(self, n, checks):
+        """`n` fake-score updates, each on a fresh no-grad generator sample (docs/design.md,
+        "The method", step 1); returns [(loss, mse, gradient norm)] as device tensors."""
+        out = []
+        for _ in range(n):
+            if not self._fake_snapshot_taken:
+                self._fake_rollback.snapshot()
+                self._fake_snapshot_taken = True
+            z, c = self._latents()
+            with _global_rng_scope(self._draw_seed(), self.device):
+                with torch.no_grad(), self._autocast(), self._randomness():
+                    x0 = self._G_call(z, c).float()
+                sigma, noise = self._noise(x0)
+                self.fake_score.train()  # trained like its teacher was (dropout on)
+                with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
+                    per_sample, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
+                                                              self.sigma_data)
+                loss = per_sample.float().mean()
+                checks.add(x0, "the generator output", self._updated)
+                checks.add(loss, "the fake-score loss", self._updated)
+                norm = self._backward(loss, self.opt_fake, self._f_params, self.scaler_fake, checks,
+                                      "fake-score")
+                self._optimizer_step(self.opt_fake, self.scaler_fake)
+            out.append((loss.detach(), figs["fake_score/mse"].float().mean(), norm))
+        return out
+
+    def _scores_for_generator(self, dropout_seed):
+        """Fake score and teacher as the generator's loss calls them (in train mode, one shared
+        dropout mask drawn from `dropout_seed`)."""
+        if self.config.teacher_mode == "train":
+            self.fake_score.train()
+            self.teacher.train()
+            return (_SharedDropout(self._fake_eval_call, dropout_seed, self.device),
+                    _SharedDropout(self._teacher_call, dropout_seed, self.device))
+        self.fake_score.eval()
+        return self._fake_eval_call, self._teacher_call
+
+    # The networks as the step calls them: the training wrappers, compiled on request (looked
+    # up at each call, so a network replaced on the refiner is the one used).
+
+    def _call(self, net, name):
+        if not self.compiled:
+            return net
+        compiled = self._compiled.get(name)
+        if compiled is None or compiled.net is not net:
+            compiled = self._compiled[name] = CompiledForward(net, name)
+        return compiled
+
+    @property
+    def _G_call(self):
+        return self._call(self._G_train, "generator")
+
+    @property
+    def _fake_call(self):
+        return self._call(self._fake_train, "fake score")
+
+    @property
+    def _teacher_call(self):
+        return self._call(self.teacher, "teacher")
+
+    @property
+    def _fake_eval_call(self):
+        """The fake score without its DDP wrapper: in the generator's loss no gradient reaches
+        its parameters, so there is nothing to average."""
+        return self._fake_call if self._fake_train is self.fake_score else self.fake_score
+
+    def _generator_forward(self, z, c):
+        self.G.train()
+        with self._autocast(), self._randomness(), self._checkpointing("generator"):
+            return self._G_call(z, c).float()
+
+    def _official_generator_update(self, checks):
+        """The generator's loss and gradient on a fresh sample (docs/design.md, "The method",
+        step 2); its optimiser steps once the step's checks have been read."""
+        z, c = self._latents()
+        step_seed = self._draw_seed()
+        self.fake_score.requires_grad_(False)
+        try:
+            with _global_rng_scope(step_seed, self.device):
+                x0 = self._generator_forward(z, c)
+                sigma, noise = self._noise(x0)
+                dropout_seed = self._draw_seed() if self.config.teacher_mode == "train" else None
+                fake, teacher = self._scores_for_generator(dropout_seed)
+                with self._autocast(), self._randomness(), self._checkpointing("teacher", "fake-score"):
+                    per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                loss = per_sample.float().mean()
+                checks.add(x0, "the generator output", self._updated)
+                checks.add(loss, "the generator loss", self._updated)
+                norm = self._backward(loss, self.opt_G, self._g_params, self.scaler_G, checks, "generator")
+        finally:
+            self.teacher.eval()
+            self.fake_score.requires_grad_(True)
+        return dict(loss=loss.detach(), norm=norm, gap=figs.get("gap"), sigma=sigma)
+
+    def _shares_fake_forward(self):
+        """One fake-score forward serves the generator's gradient and the fake score's loss when
+        both call it alike: the IKL loss with both scores in train mode (one dropout mask)."""
+        cfg = self.config
+        return self._custom_loss is None and cfg.loss == "ikl" and cfg.teacher_mode == "train"
+
+    def _joint_update(self, checks):
+        """update_order='single-forward': one generator sample x0 (with gradients) serves the
+        generator's loss and, detached, with the same sigma and noise, the fake score's loss;
+        both gradients come from the networks as they were at the start of the step, and both
+        optimisers step after the step's checks have been read."""
+        z, c = self._latents()
+        step_seed, dropout_seed = self._draw_seeds(2)
+        try:
+            with _global_rng_scope(step_seed, self.device):
+                x0 = self._generator_forward(z, c)
+                sigma, noise = self._noise(x0)
+                if self._shares_fake_forward():
+                    self.fake_score.train()
+                    self.teacher.train()
+                    fake = _SharedDropout(self._fake_call, dropout_seed, self.device)
+                    teacher = _SharedDropout(self._teacher_call, dropout_seed, self.device)
+                    with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
+                        gen_ps, fake_ps, figs = losses.ikl_and_fake_score_loss(
+                            fake, teacher, x0, sigma, noise, c, self.sigma_data,
+                            normalize=self.config.normalize)
+                    gen_loss, fake_loss = gen_ps.float().mean(), fake_ps.float().mean()
+                    checks.add(x0, "the generator output", self._updated)
+                    checks.add(gen_loss, "the generator loss", self._updated)
+                    checks.add(fake_loss, "the fake-score loss", self._updated)
+                    g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
+                                            "generator")
+                else:
+                    self.fake_score.requires_grad_(False)
+                    try:
+                        fake, teacher = self._scores_for_generator(dropout_seed)
+                        with self._autocast(), self._randomness(), self._checkpointing("teacher", "fake-score"):
+                            gen_ps, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                    finally:
+                        self.teacher.eval()
+                        self.fake_score.requires_grad_(True)
+                    gen_loss = gen_ps.float().mean()
+                    checks.add(x0, "the generator output", self._updated)
+                    checks.add(gen_loss, "the generator loss", self._updated)
+                    # The generator's graph goes before the fake score's is built: a lower peak.
+                    g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
+                                            "generator")
+                    x0 = x0.detach()
+                    self.fake_score.train()
+                    with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
+                        fake_ps, fake_figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
+                                                                    self.sigma_data)
+                    figs = dict(figs, **fake_figs)
+                    fake_loss = fake_ps.float().mean()
+                    checks.add(fake_loss, "the fake-score loss", self._updated)
+                f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
+                                        checks, "fake-score")
+        finally:
+            self.teacher.eval()
+        gen = dict(loss=gen_loss.detach(), norm=g_norm, gap=figs.get("gap"), sigma=sigma)
+        return gen, (fake_loss.detach(), figs["fake_score/mse"].float().mean(), f_norm)
+
+    def _gather_stats(self, gen, fake, checks):
+        """Losses (means over the global batch), gradient norms, the mean gap |D_phi - D_T|
+        overall and per noise-level bin, and the step's NaN/inf checks: combined over ranks in
+        one collective and brought to the host in one transfer. Raises NonFiniteError if a
+        check failed on any rank."""
         world = self.dist.world_size
-        values = [gen_loss.float() / world, torch.stack(fake_losses).mean() / world,
-                  torch.stack(fake_mse).mean() / world]
+        fake_losses, fake_mse, fake_norms = (torch.stack(v) for v in zip(*fake))
+        values = [gen["loss"].float() / world, fake_losses.mean() / world, fake_mse.mean() / world,
+                  gen["norm"].float() / world, fake_norms.float().mean() / world]
+        gap = gen["gap"]
         if gap is not None:
             gap = gap.detach().float()
-            idx = bin_index(sigma.float(), self.config.gap_bins)
+            idx = bin_index(gen["sigma"].float(), self.config.gap_bins)
             values += [gap.sum(), torch.tensor(float(gap.numel()), device=gap.device)]
             for k in range(len(self._bin_names)):
                 mask = (idx == k).float()
                 values += [(gap * mask).sum(), mask.sum()]
+        n_stats = len(values)
+        values += [f.float() for f in checks.flags]
         vec = self.dist.all_reduce(torch.stack([v.to(self.device) for v in values]),
                                    what="combining step statistics").tolist()
-        stats = {"loss/generator": vec[0], "loss/fake_score": vec[1], "fake_score/mse": vec[2]}
+        bad = checks.first_bad(vec[n_stats:])
+        if bad is not None:
+            what, updated = bad
+            raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; {self._blame(updated)}")
+        stats = {"loss/generator": vec[0], "loss/fake_score": vec[1], "fake_score/mse": vec[2],
+                 "grad_norm/generator": vec[3], "grad_norm/fake_score": vec[4]}
         if gap is not None:
-            stats["gap/mean"] = vec[3] / vec[4]
+            stats["gap/mean"] = vec[5] / vec[6]
             for k, name in enumerate(self._bin_names):
-                total, count = vec[5 + 2 * k], vec[6 + 2 * k]
+                total, count = vec[7 + 2 * k], vec[8 + 2 * k]
                 if count > 0:
                     stats[f"gap/{name}"] = total / count
         return stats
@@ -517,6 +746,8 @@ class Refiner:
             "step": self.cur_step,
             "kimg": self.cur_nimg / 1000,
             "start_from": self.gen_key,
+            # How it ran: settings that change speed and memory, not the result.
+            "execution": {"compile": self.compiled, "activation_checkpointing": sorted(self.checkpointing)},
         }
         meta.update(extra)
         return meta

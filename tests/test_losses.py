@@ -186,3 +186,47 @@ def test_make_sigma_law_and_bins():
     assert bin_labels(edges) == ["sigma<0.1", "sigma0.1-0.5", "sigma0.5-2", "sigma>=2"]
     idx = bin_index(torch.tensor([0.05, 0.1, 0.3, 0.5, 1.9, 2.0, 50.0]), edges)
     assert idx.tolist() == [0, 1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("normalize", ["none", "dmd"])
+def test_one_fake_score_forward_gives_both_losses_and_both_gradients(normalize):
+    """ikl_and_fake_score_loss (one fake-score call) against hand computations: the generator's
+    gradient D_phi - D_T (optionally DMD-normalised) and the fake score's parameter gradient of
+    lambda(sigma) |D_phi(x) - x0|^2, for D(x) = a x / (1 + sigma^2) + b."""
+    x0, sigma, noise = _batch(seed=3)
+    fake, teacher = LinearDenoiser(0.7, 0.1), LinearDenoiser(1.3, -0.2)
+    calls = []
+    fake.register_forward_hook(lambda *a: calls.append(1))
+    x0 = x0.clone().requires_grad_(True)
+    gen_ps, fake_ps, figs = losses.ikl_and_fake_score_loss(fake, teacher, x0, sigma, noise, None,
+                                                           sigma_data=0.5, normalize=normalize)
+    assert len(calls) == 1
+    (gen_ps.mean() + fake_ps.mean()).backward()
+    n = x0.shape[0]
+    s = sigma.reshape(-1, 1, 1, 1)
+    x = x0.detach() + s * noise
+    d_fake, d_teacher = 0.7 * x / (1 + s ** 2) + 0.1, 1.3 * x / (1 + s ** 2) - 0.2
+    g = d_fake - d_teacher
+    if normalize == "dmd":
+        g = g / (x0.detach() - d_teacher).abs().flatten(1).mean(1).reshape(-1, 1, 1, 1)
+    # Only the generator's term reaches x0: the fake score's input and target are detached.
+    torch.testing.assert_close(x0.grad, g / n, rtol=1e-12, atol=1e-14)
+    lam = (s ** 2 + 0.25) / (s * 0.5) ** 2
+    resid = d_fake - x0.detach()
+    grad_a = (lam * 2 * resid * x / (1 + s ** 2)).flatten(1).sum(1).mean()
+    grad_b = (lam * 2 * resid).flatten(1).sum(1).mean()
+    torch.testing.assert_close(fake.a.grad, grad_a, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fake.b.grad, grad_b, rtol=1e-12, atol=0)
+    assert teacher.a.grad is None and teacher.b.grad is None
+    torch.testing.assert_close(figs["fake_score/mse"], resid.square().flatten(1).mean(1).detach())
+    torch.testing.assert_close(figs["gap"], (d_fake - d_teacher).abs().flatten(1).mean(1).detach())
+
+
+def test_one_fake_score_forward_equals_the_two_separate_losses():
+    """Bit for bit the values of ikl_generator_loss and fake_score_loss on the same inputs."""
+    x0, sigma, noise = _batch(seed=4)
+    fake, teacher = LinearDenoiser(0.9, 0.3), LinearDenoiser(1.1, 0.0)
+    gen_ps, fake_ps, _ = losses.ikl_and_fake_score_loss(fake, teacher, x0, sigma, noise, None, 0.5)
+    ref_gen, _ = losses.ikl_generator_loss(fake, teacher, x0, sigma, noise, None)
+    ref_fake, _ = losses.fake_score_loss(fake, x0, sigma, noise, None, 0.5)
+    assert torch.equal(gen_ps, ref_gen) and torch.equal(fake_ps.detach(), ref_fake.detach())
