@@ -250,7 +250,9 @@ def test_killed_rank_stops_the_others_within_bounded_time(pkls, tmp_path):
     assert all(not os.path.exists(f"/proc/{w}") or _is_zombie(w) for w in workers)
     run = _single_run_dir(tmp_path / "runs")
     assert not [f for f in os.listdir(run) if ".tmp" in f]
-    assert "another process stopped or could not be reached" in out
+    # The survivor either notices the lost peer itself (our one-line error) or is stopped
+    # first by torchrun's agent, which tears down the remaining workers with SIGTERM.
+    assert "another process stopped or could not be reached" in out or "SIGTERM" in out, out[-3000:]
     assert "Traceback" not in "\n".join(line for line in out.splitlines()
                                         if "gan_refine" in line and "torch/distributed" not in line)
 
