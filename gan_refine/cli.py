@@ -253,12 +253,12 @@ def resolve_run_config(opts, explicit=()):
     kimg, snap = float(pick("kimg")), float(pick("snap"))
     _finite_positive(kimg, "kimg", "the refinement length in thousands of generated images, e.g. --kimg 200")
     _finite_positive(snap, "snap", "the snapshot interval in kimg")
-    if state is not None:
-        from .refiner import steps_for_kimg
-        done = int(state.get("step", 0))
-        if steps_for_kimg(kimg, refine.batch) <= done:
-            _fail(f"--resume: that run already made {done} steps ({done * refine.batch / 1000:g} "
-                  f"kimg); raise --kimg above {done * refine.batch / 1000:g} to continue it")
+    if state is not None:  # before any network is loaded
+        from .training_loop import RunError, check_resume_length
+        try:
+            check_resume_length(state, kimg, refine.batch)
+        except RunError as err:
+            _fail(err)
     metrics, alias_num = _parse_metrics(pick("metrics"))
     metrics_num = pick("metrics_num") if ("metrics_num" in explicit or alias_num is None) else alias_num
     teachers = list(opts["teacher"])

@@ -105,9 +105,6 @@ class RunOutputs:
         self.first_grid = None     # the images of samples-init.png, for the before/after grid
         self.last_grid = None
 
-    def _on_main(self, fn, what):
-        return self.dist.on_main(fn, what)
-
     def log_stats(self, stats):
         if self.dist.is_main:
             from .snapshot import append_jsonl
@@ -131,7 +128,7 @@ class RunOutputs:
         return images
 
     def grid(self, tag):
-        self._on_main(lambda: write_or_fail(self.grid_local, tag), "writing a sample grid")
+        self.dist.on_main(lambda: write_or_fail(self.grid_local, tag), "writing a sample grid")
 
     def before_after(self):
         """samples-before-after.png: the first grid of this run beside its last (same latents)."""
@@ -194,28 +191,31 @@ class RunOutputs:
             self.r.export_pickle(pkl, run=dict(self.run_info, kimg_target=self.run.kimg))
             save_state(os.path.join(self.dir, "refine-state.pt"), dict(self.r.state_dict(), run=self.run_info))
             return pkl
-        pkl = self._on_main(lambda: write_or_fail(write), "writing a snapshot")
+        pkl = self.dist.on_main(lambda: write_or_fail(write), "writing a snapshot")
         self.console.say(f"snapshot at step {self.r.cur_step} ({self.r.cur_nimg / 1000:g} kimg): "
                          f"{os.path.basename(pkl)}", console=False)
         self.evaluate(os.path.basename(pkl))
         return pkl
 
     def grid_local(self, tag):
-        from .images import save_image_grid
+        from .images import image_grid, save_png
         n = self.run.grid ** 2
         images = self._checked_samples(max(n, 4))
         if n:
-            path = os.path.join(self.dir, f"samples-{tag}.png")
-            save_image_grid(images[:n], path, cols=self.run.grid)
+            grid = image_grid(images[:n], self.run.grid)  # the PNG's pixels, for TensorBoard too
+            save_png(grid, os.path.join(self.dir, f"samples-{tag}.png"))
             if self.tb is not None:
-                import numpy as np
-                from PIL import Image
-                with Image.open(path) as im:
-                    self.tb.add_image("samples", np.asarray(im.convert("RGB")), global_step=self.r.cur_step,
-                                      dataformats="HWC")
+                self.tb.add_image("samples", _as_rgb(grid), global_step=self.r.cur_step, dataformats="HWC")
             if self.first_grid is None:
                 self.first_grid = images[:n]
             self.last_grid = images[:n]
+
+
+def _as_rgb(grid):
+    """A grid as [H, W, 3] (greyscale repeated), as TensorBoard shows images."""
+    import numpy as np
+    grid = grid[:, :, None] if grid.ndim == 2 else grid
+    return np.repeat(grid, 3, axis=2) if grid.shape[2] == 1 else grid
 
 
 def _tensorboard(mode, run_dir):

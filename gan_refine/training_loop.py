@@ -243,6 +243,8 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     from .adapters import IncompatibleModelsError
     from .refiner import NonFiniteError, NonFiniteWeightsError, Refiner, steps_for_kimg
 
+    if state is not None:
+        check_resume_length(state, run.kimg, run.refine.batch)
     if dist.enabled and run.refine.batch % dist.world_size:
         raise RunError(f"--batch {run.refine.batch} is the global batch, split evenly over the "
                        f"{dist.world_size} processes; give a multiple of {dist.world_size}")
@@ -323,10 +325,6 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
             refiner.load_state_dict(state)
         except (ValueError, RuntimeError, KeyError) as err:
             raise RunError(f"--resume: {str(err).splitlines()[0]}") from None
-        if refiner.cur_step >= steps:
-            raise RunError(f"--resume: that run already made {refiner.cur_step} steps "
-                           f"({refiner.cur_nimg / 1000:g} kimg); raise --kimg above "
-                           f"{refiner.cur_nimg / 1000:g} to continue it")
 
     from . import __version__
     import torch
@@ -418,6 +416,15 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
         console.say(f"Done: {last_snap}")
     writer.summary()
     return run_dir if dist.is_main else None
+
+
+def check_resume_length(state, kimg, batch):
+    """RunError unless `kimg` reaches past what the resumed run has already done."""
+    from .refiner import steps_for_kimg
+    done, nimg = int(state.get("step", 0)), int(state.get("nimg", 0))
+    if steps_for_kimg(kimg, batch) <= done:
+        raise RunError(f"--resume: that run already made {done} steps ({nimg / 1000:g} kimg); raise "
+                       f"--kimg above {nimg / 1000:g} to continue it")
 
 
 def resume_command(run, run_dir):
