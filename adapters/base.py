@@ -209,7 +209,10 @@ class TeacherAdapter(_Adapter):
     def _denoise(self, x, sigma, c):
         raise NotImplementedError
 
-    def forward(self, x, sigma, c=None):
+    # Whether _denoise takes augment_labels= (EDM's augmentation conditioning).
+    takes_augment_labels = False
+
+    def forward(self, x, sigma, c=None, augment_labels=None):
         if x.ndim != 4 or x.shape[1] != self.img_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; the teacher expects "
                              f"[N, {self.img_channels}, H, W]")
@@ -217,7 +220,13 @@ class TeacherAdapter(_Adapter):
         x = x.to(torch.float32)
         sigma = normalize_sigma(sigma, n, x.device)
         c = normalize_labels(c, n, self.label_dim, x.device, what="teacher")
-        out = self._denoise(x, sigma, c if self.label_dim > 0 else None)
+        if augment_labels is None:
+            out = self._denoise(x, sigma, c if self.label_dim > 0 else None)
+        elif not self.takes_augment_labels:
+            raise TypeError(f"{type(self).__name__} takes no augment labels")
+        else:
+            out = self._denoise(x, sigma, c if self.label_dim > 0 else None,
+                                augment_labels=augment_labels.to(torch.float32))
         return out.to(torch.float32)
 
     def score(self, x, sigma, c=None):

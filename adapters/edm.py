@@ -76,8 +76,10 @@ class EDMTeacherAdapter(TeacherAdapter):
             if accepts:
                 self.call_kwargs["force_fp32"] = bool(force_fp32)
 
-    def _denoise(self, x, sigma, c):
-        return self.module(x, sigma, c, **self.call_kwargs)
+    takes_augment_labels = True
+
+    def _denoise(self, x, sigma, c, **kw):
+        return self.module(x, sigma, c, **self.call_kwargs, **kw)
 
     def summary(self):
         s = super().summary()

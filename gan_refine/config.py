@@ -76,6 +76,11 @@ class RefineConfig:
                                                     "generators (default: uniform).")
     gap_bins: Tuple[float, ...] = _opt((0.1, 0.5, 2.0, 10.0), "Noise-level bin edges for the logged "
                                                               "mean |D_phi - D_T| per bin.")
+    augment: float = _opt(0.0, "Augment the fake score's training images with this probability per "
+                               "transform, with EDM's augment labels (the teacher pickle's augment_pipe "
+                               "when the teacher takes augment labels, else gan_refine's geometric one "
+                               "and a new zero-initialised label input); 0 disables.",
+                          why="official code used 0.12; 0 keeps the plain method")
     # The official order trains the fake score on a sample of its own before the generator's
     # update. DMD2's order reuses the generator's sample: one generator forward less per step,
     # and with --teacher-mode train one fake-score forward less (docs/design.md, "The method").
@@ -117,6 +122,7 @@ class RefineConfig:
         need(self.teacher_mode in TEACHER_MODES,
              f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
         need(self.ema_kimg >= 0 and self.ema_rampup >= 0, "ema_kimg and ema_rampup must be >= 0")
+        need(0 <= self.augment <= 1, f"augment is a probability in [0, 1], got {self.augment}")
         need(self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)")
         need(self.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -46,17 +46,24 @@ def gradient_surrogate(x, grad):
     return (grad.detach().to(x.dtype) * x).flatten(1).sum(1)
 
 
-def fake_score_loss(fake_score, x0, sigma, noise, c, sigma_data):
+def fake_score_loss(fake_score, x0, sigma, noise, c, sigma_data, augment_pipe=None):
     """Denoising score matching of the fake score on generator samples (docs/design.md,
     "The method", step 1).
 
     per_sample[i] = lambda(sigma_i) * sum_j (D_phi(x_i; sigma_i) - x0_i)_j^2 with x0 detached,
-    so only the fake score's parameters receive gradients.
+    so only the fake score's parameters receive gradients. With `augment_pipe` (a callable
+    images -> (augmented images, augment labels), as EDM's), x0 is first augmented and the fake
+    score is told how through `augment_labels=`, as EDM trains its denoisers.
     """
     x0 = x0.detach()
+    if augment_pipe is not None:
+        x0, labels = augment_pipe(x0)
+        kw = dict(augment_labels=labels)
+    else:
+        kw = {}
     s = _expand(sigma, x0)
     x = x0 + s * noise
-    return _fake_score_terms(fake_score(x, sigma, c).to(x0.dtype), x0, sigma, sigma_data)
+    return _fake_score_terms(fake_score(x, sigma, c, **kw).to(x0.dtype), x0, sigma, sigma_data)
 
 
 def _fake_score_terms(denoised, x0, sigma, sigma_data):

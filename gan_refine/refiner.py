@@ -27,6 +27,7 @@ import torch
 from . import distributed, losses
 from .acceleration import CHECKPOINT_PARTS, CompiledForward, checkpointed_blocks
 from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
+from .fake_augment import resolve_augment
 from .rollback import TensorRollback
 from .sigma import bin_index, bin_labels, make_sigma_law
 from .snapshot import capture_global_rng, restore_global_rng
@@ -199,11 +200,13 @@ class Refiner:
             pass instead of being kept, for batches that do not fit: any of 'generator',
             'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
             results are the same bit for bit; a step costs about one more forward of each.
+        augment_pipe: with config.augment > 0, the teacher's augmentation pipe (images ->
+            (images, augment labels)) when `teacher` is not the pickle dict that holds it.
     """
 
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
                  gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
-                 dist=None, compile=False, activation_checkpointing=(), **overrides):
+                 dist=None, compile=False, activation_checkpointing=(), augment_pipe=None, **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
@@ -229,6 +232,7 @@ class Refiner:
         self.gen_key = gen_key
         from .adapters import check_compatible
         gen = _adapt_generator(generator, gen_key, generator_kwargs or {})
+        teacher_arg = teacher
         teacher = _adapt_teacher(teacher, teacher_kwargs or {})
         check_compatible(gen, teacher)
         for net, what in ((gen, "generator"), (teacher, "teacher")):
@@ -252,7 +256,14 @@ class Refiner:
             fake = copy.deepcopy(self.teacher)
         else:
             fake = _adapt_teacher(fake_score, teacher_kwargs or {})
-        self.fake_score = fake.to(self.device).requires_grad_(True)
+        self.fake_score = fake.to(self.device)
+        if augment_pipe is None and isinstance(teacher_arg, dict):
+            augment_pipe = teacher_arg.get("augment_pipe")
+        # Before the optimiser and DDP see the fake score: ours may gain an augment-label input.
+        self.augment_pipe = resolve_augment(cfg.augment, self.fake_score, augment_pipe)
+        if isinstance(self.augment_pipe, torch.nn.Module):
+            self.augment_pipe.to(self.device)
+        self.fake_score.requires_grad_(True)
         self._f_params = [p for p in self.fake_score.parameters()]
         if not self._f_params:
             raise ValueError("the fake score has no trainable parameters (the teacher is a plain "
@@ -508,7 +519,7 @@ class Refiner:
                 self.fake_score.train()  # trained like its teacher was (dropout on)
                 with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
                     per_sample, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
-                                                              self.sigma_data)
+                                                              self.sigma_data, self.augment_pipe)
                 loss = per_sample.float().mean()
                 checks.add(x0, "the generator output", self._updated)
                 checks.add(loss, "the fake-score loss", self._updated)
@@ -588,9 +599,11 @@ class Refiner:
 
     def _shares_fake_forward(self):
         """One fake-score forward serves the generator's gradient and the fake score's loss when
-        both call it alike: the IKL loss with both scores in train mode (one dropout mask)."""
+        both call it alike: the IKL loss with both scores in train mode (one dropout mask), and
+        no augmentation of the fake score's images."""
         cfg = self.config
-        return self._custom_loss is None and cfg.loss == "ikl" and cfg.teacher_mode == "train"
+        return (self._custom_loss is None and cfg.loss == "ikl" and cfg.teacher_mode == "train"
+                and self.augment_pipe is None)
 
     def _joint_update(self, checks):
         """update_order='single-forward': one generator sample x0 (with gradients) serves the
@@ -637,7 +650,7 @@ class Refiner:
                     self.fake_score.train()
                     with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
                         fake_ps, fake_figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
-                                                                    self.sigma_data)
+                                                                    self.sigma_data, self.augment_pipe)
                     figs = dict(figs, **fake_figs)
                     fake_loss = fake_ps.float().mean()
                     checks.add(fake_loss, "the fake-score loss", self._updated)

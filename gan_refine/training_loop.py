@@ -241,6 +241,7 @@ def launch(run, state=None, dry_run=False, progress=True, *, generator=None, tea
 
 def _launch(run, dist, device, state, dry_run, progress, generator, teacher, console):
     from .adapters import IncompatibleModelsError
+    from .fake_augment import AugmentError
     from .refiner import NonFiniteError, NonFiniteWeightsError, Refiner, steps_for_kimg
 
     if state is not None:
@@ -298,6 +299,8 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
         gen_data = _load(gen_target, "gen", dist)
     teacher_data = teacher if teacher is not None else _load(teacher_target, "teacher", dist)
     fake_score = None
+    # The first teacher's pickle's augmentation pipe (for --augment), before a mixture hides it.
+    augment_pipe = teacher_data.get("augment_pipe") if isinstance(teacher_data, dict) else None
     try:
         if more:  # several teachers: their weighted mixture, and one fake score (the first's copy)
             import copy
@@ -308,8 +311,8 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
         elif run.teacher_weights is not None and len(run.teacher_weights) != 1:
             raise RunError(f"--teacher-weights has {len(run.teacher_weights)} weights for one teacher")
         refiner = Refiner(gen_data, teacher_data, run.refine.replace(device=device),
-                          gen_key=run.gen_key, dist=dist, fake_score=fake_score)
-    except IncompatibleModelsError as err:
+                          gen_key=run.gen_key, dist=dist, fake_score=fake_score, augment_pipe=augment_pipe)
+    except (IncompatibleModelsError, AugmentError) as err:
         raise RunError(err) from None
     except NonFiniteWeightsError as err:
         source = gen_target if err.what == "generator" else teacher_target

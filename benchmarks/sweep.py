@@ -1,0 +1,102 @@
+"""Screen refinement settings on a digits pair: one run per --set bundle, FID/KID at budgets.
+
+Each run refines the pair's generator with the `digits` preset plus the given overrides (any
+RefineConfig field, `key=value`, several separated by spaces inside one --set), scores G_ema
+(and the raw G where --raw) at each budget with the protocol of benchmarks/quality.py (digits
+detector, seeds 0..num-1 against the training split), and appends one JSON line per figure to
+--log, so a sweep cut short keeps what it measured.
+
+    python benchmarks/sweep.py --pair uncond --steps 250,500 --seed 0 \
+        --set "fake_updates=2" --set "lr_fake=2e-3" --log docs/quality/sweep.jsonl
+"""
+
+import argparse
+import ast
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gan_refine  # noqa: E402
+from gan_refine.config import PRESETS  # noqa: E402
+from gan_refine.metrics.detectors import get_detector  # noqa: E402
+from gan_refine.refiner import Refiner  # noqa: E402
+from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
+from quality import PAIRS, features, fid_kid, generator_features  # noqa: E402
+
+
+def parse_set(text):
+    """'a=1 b=x' -> {'a': 1, 'b': 'x'} (values as Python literals where they parse)."""
+    out = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pair", default="uncond", choices=sorted(PAIRS))
+    ap.add_argument("--steps", default="250,500", help="generator steps at which to score")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--set", action="append", default=[], help="overrides of one run ('' = the preset)")
+    ap.add_argument("--raw", action="store_true", help="also score the raw generator (not its EMA)")
+    ap.add_argument("--emas", default="", help="extra EMA ramp-ups to keep alongside the run's own "
+                                               "(e.g. 0.1,0.2,0.4), each scored at every budget")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    budgets = [int(b) for b in args.steps.split(",")]
+    detector = get_detector("digits", device="cpu")
+    x_train, _, _, _ = load_digits_split(16)
+    ref_feat = features(detector, x_train)
+    gen_name, teacher_name = PAIRS[args.pair]
+    gen_data = gan_refine.load_network_pkl(gen_name)
+    teacher_data = gan_refine.load_network_pkl(teacher_name)
+    for text in args.set or [""]:
+        opts = dict(PRESETS["digits"]["method"], **parse_set(text))
+        r = Refiner(gen_data, teacher_data, device="cpu", seed=args.seed, **opts)
+        done, t_refine = 0, 0.0
+        emas = {f"ema{ru:g}": copy.deepcopy(r.G_ema) for ru in
+                [float(v) for v in args.emas.split(",") if v]}
+
+        def update_emas():
+            # The Refiner's own rule (EDM's), at another ramp-up.
+            for name, ema in emas.items():
+                ema_nimg = min(r.config.ema_kimg * 1000, r.cur_nimg * float(name[3:]))
+                beta = 0.5 ** (r.config.batch / max(ema_nimg, 1e-8))
+                with torch.no_grad():
+                    for p_ema, p in zip(ema.parameters(), r.G.parameters()):
+                        p_ema.copy_(p.detach().lerp(p_ema, beta))
+                    for b_ema, b_ in zip(ema.buffers(), r.G.buffers()):
+                        b_ema.copy_(b_)
+
+        for b in budgets:
+            t = time.time()
+            for _ in range(b - done):
+                r.step()
+                update_emas()
+            t_refine += time.time() - t
+            done = b
+            for which in ("ema",) + (("raw",) if args.raw else ()) + tuple(emas):
+                G = emas[which].module if which in emas else r.refined_generator(ema=(which == "ema"))
+                fid, kid = fid_kid(generator_features(detector, G, args.num), ref_feat)
+                line = dict(pair=args.pair, set=text, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
+                            refine_seconds=round(t_refine, 1), threads=args.threads, date=time.strftime("%Y-%m-%d"))
+                print(json.dumps(line), flush=True)
+                with open(args.log, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
