@@ -53,19 +53,23 @@ def main():
     ap.add_argument("--emas", default="", help="extra EMA ramp-ups to keep alongside the run's own "
                                                "(e.g. 0.1,0.2,0.4), each scored at every budget")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data", choices=["none", "train"], default="none",
+                    help="real images for the data term (--set data_weight=W): the digits training "
+                         "split; the held-out split is never used")
     ap.add_argument("--log", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.steps.split(",")]
     detector = get_detector("digits", device="cpu")
-    x_train, _, _, _ = load_digits_split(16)
+    x_train, y_train, _, _ = load_digits_split(16)
     ref_feat = features(detector, x_train)
     gen_name, teacher_name = PAIRS[args.pair]
     gen_data = gan_refine.load_network_pkl(gen_name)
     teacher_data = gan_refine.load_network_pkl(teacher_name)
     for text in args.set or [""]:
         opts = dict(PRESETS["digits"]["method"], **parse_set(text))
-        r = Refiner(gen_data, teacher_data, device="cpu", seed=args.seed, **opts)
+        data = None if args.data == "none" else (torch.as_tensor(x_train), torch.as_tensor(y_train))
+        r = Refiner(gen_data, teacher_data, device="cpu", seed=args.seed, data=data, **opts)
         done, t_refine = 0, 0.0
         emas = {f"ema{ru:g}": copy.deepcopy(r.G_ema) for ru in
                 [float(v) for v in args.emas.split(",") if v]}
@@ -91,7 +95,7 @@ def main():
             for which in ("ema",) + (("raw",) if args.raw else ()) + tuple(emas):
                 G = emas[which].module if which in emas else r.refined_generator(ema=(which == "ema"))
                 fid, kid = fid_kid(generator_features(detector, G, args.num), ref_feat)
-                line = dict(pair=args.pair, set=text, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
+                line = dict(pair=args.pair, set=text, data=args.data, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
                             refine_seconds=round(t_refine, 1), threads=args.threads, date=time.strftime("%Y-%m-%d"))
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:

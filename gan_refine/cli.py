@@ -114,6 +114,9 @@ _UNIT = click.FloatRange(0, 1, max_open=True)
 @_method_opt("--label-probs", "label_probs", type=str)
 @_method_opt("--update-order", "update_order", type=click.Choice(RefineConfig.UPDATE_ORDERS))
 @_method_opt("--augment", "augment", type=click.FloatRange(0, 1))
+@_run_opt("--data", "data", type=str)
+@_method_opt("--data-weight", "data_weight", type=click.FloatRange(min=0))
+@_method_opt("--data-d-weight", "data_d_weight", type=click.FloatRange(min=0, min_open=True))
 @_run_opt("--dist-timeout", "dist_timeout", type=_POS)
 @_run_opt("--preset", "preset", type=click.Choice(sorted(PRESETS)))
 @_run_opt("--tensorboard", "tensorboard", type=click.Choice(["auto", "on", "off"]))
@@ -271,7 +274,7 @@ def resolve_run_config(opts, explicit=()):
                     metrics_ref=pick("metrics_ref"), metrics_num=metrics_num,
                     metrics_detector=pick("metrics_detector"), dist_timeout=float(opts["dist_timeout"]),
                     tensorboard=opts["tensorboard"], metrics_seeds=_check_seeds(pick("metrics_seeds")),
-                    preset=preset_name, refine=refine, sources=sources)
+                    preset=preset_name, refine=refine, sources=sources, data=pick("data"))
     return run, state
 
 

@@ -81,6 +81,12 @@ class RefineConfig:
                                "when the teacher takes augment labels, else gan_refine's geometric one "
                                "and a new zero-initialised label input); 0 disables.",
                           why="official code used 0.12; 0 keeps the plain method")
+    data_weight: float = _opt(0.0, "Weight of the real-data term in the generator's loss: a GAN loss "
+                                   "through a discriminator head on the fake score's encoder, trained on "
+                                   "--data images against generated ones (DMD2/SiDA style); 0 = data-free.",
+                              why="0 keeps the plain, data-free method")
+    data_d_weight: float = _opt(1.0, "Weight of the discriminator head's loss in the fake score's loss "
+                                     "(with --data-weight > 0).")
     # The official order trains the fake score on a sample of its own before the generator's
     # update. DMD2's order reuses the generator's sample: one generator forward less per step,
     # and with --teacher-mode train one fake-score forward less (docs/design.md, "The method").
@@ -123,6 +129,8 @@ class RefineConfig:
              f"teacher_mode must be one of {', '.join(TEACHER_MODES)}, got {self.teacher_mode!r}")
         need(self.ema_kimg >= 0 and self.ema_rampup >= 0, "ema_kimg and ema_rampup must be >= 0")
         need(0 <= self.augment <= 1, f"augment is a probability in [0, 1], got {self.augment}")
+        need(self.data_weight >= 0 and self.data_d_weight > 0,
+             "data_weight must be >= 0 and data_d_weight > 0")
         need(self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)")
         need(self.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -226,6 +234,9 @@ class RunConfig:
     preset: Optional[str] = _opt(None, "A named bundle of method settings: paper-cifar10 (the official "
                                        "Diff-Instruct values) or digits (the best measured on the shipped "
                                        "digits pairs); options given explicitly win.")
+    data: Optional[str] = _opt(None, "Real training images for --data-weight: an image folder, a "
+                                     "StyleGAN/EDM dataset zip (labels from its dataset.json) or a .npy/.npz "
+                                     "array; only read. Give the training split only.")
     tensorboard: str = _opt("auto", "TensorBoard events in the run folder: auto (when the tensorboard "
                                     "package is installed), on, or off.")
     refine: RefineConfig = field(default_factory=RefineConfig)

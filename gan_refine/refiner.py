@@ -202,11 +202,15 @@ class Refiner:
             results are the same bit for bit; a step costs about one more forward of each.
         augment_pipe: with config.augment > 0, the teacher's augmentation pipe (images ->
             (images, augment labels)) when `teacher` is not the pickle dict that holds it.
+        data: with config.data_weight > 0, the real training images of the data term: a path
+            (image folder, dataset zip, .npy/.npz), a tensor [N, C, H, W] in [-1, 1] or an
+            (images, labels) pair, or an object with sample(n, generator, device).
     """
 
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
                  gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
-                 dist=None, compile=False, activation_checkpointing=(), augment_pipe=None, **overrides):
+                 dist=None, compile=False, activation_checkpointing=(), augment_pipe=None, data=None,
+                 **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
@@ -264,7 +268,10 @@ class Refiner:
         if isinstance(self.augment_pipe, torch.nn.Module):
             self.augment_pipe.to(self.device)
         self.fake_score.requires_grad_(True)
+        self.adv_head, self.data = self._setup_data_term(data)
         self._f_params = [p for p in self.fake_score.parameters()]
+        if self.adv_head is not None:   # trained with the fake score, by its optimiser
+            self._f_params += list(self.adv_head.parameters())
         if not self._f_params:
             raise ValueError("the fake score has no trainable parameters (the teacher is a plain "
                              "function?): pass fake_score= an nn.Module denoiser to train")
@@ -306,7 +313,8 @@ class Refiner:
             warnings.warn("compile is not used on several processes (the per-rank random draws "
                           "are not traceable); running uncompiled", RuntimeWarning, stacklevel=2)
         # The fake score's updates of a step are undone from here when the step meets NaN/inf.
-        self._fake_rollback = TensorRollback([self.fake_score], [self.opt_fake])
+        self._fake_rollback = TensorRollback([self.fake_score] + ([self.adv_head] if self.adv_head else []),
+                                             [self.opt_fake])
         self._fake_snapshot_taken = False
 
         self.sigma_law = make_sigma_law(cfg.sigma_law, P_mean=cfg.P_mean, P_std=cfg.P_std,
@@ -318,6 +326,57 @@ class Refiner:
         self.cur_step = 0
         self.cur_nimg = 0
         self._updated = False  # has any optimiser step been taken (for NaN messages)?
+        self._extra = {}
+
+    def _setup_data_term(self, data):
+        """The discriminator head and the real images of the data term, or (None, None)."""
+        cfg = self.config
+        if cfg.data_weight <= 0:
+            return None, None
+        from . import adversarial
+        if data is None:
+            raise adversarial.DataTermError("data_weight > 0 needs the real training images (data=, "
+                                            "or --data PATH)")
+        if self.dist.enabled:
+            raise adversarial.DataTermError("the data term (--data-weight > 0) runs on one process only "
+                                            "for now; run without torchrun, or with --data-weight 0")
+        G = self.G
+        data = adversarial.as_data(data, G.img_resolution, G.img_channels, G.c_dim)
+        self._adv_features = adversarial.EncoderFeatures(self.fake_score)
+        width, res = self._adv_features.shape(G.img_channels, G.img_resolution, G.c_dim, self.device)
+        with torch.random.fork_rng(devices=[]):   # the head's init leaves the global stream alone
+            torch.manual_seed(int(cfg.seed) + 7919)
+            head = adversarial.DiscriminatorHead(width, res).to(self.device)
+        return head, data
+
+    def _discriminator_loss(self, x0, c):
+        """The head's loss on noised real images against noised (detached) generator samples,
+        through the fake score's encoder (fake_score in train mode, inside the step's RNG scope)."""
+        from .adversarial import discriminator_terms
+        gen = torch.Generator().manual_seed(self._draw_seed())
+        real, real_c = self.data.sample(x0.shape[0], generator=gen, device=self.device)
+        if not self.G.c_dim:
+            real_c = None
+        sig_r, noise_r = self._noise(real)
+        sig_f, noise_f = self._noise(x0)
+        f_real = self._adv_features(real + losses._expand(sig_r, real) * noise_r, sig_r, real_c)
+        f_fake = self._adv_features(x0.detach() + losses._expand(sig_f, x0) * noise_f, sig_f, c)
+        real_t, fake_t = discriminator_terms(self.adv_head, f_real, f_fake)
+        return real_t.mean() + fake_t.mean()
+
+    def _generator_adv_terms(self, x0, c):
+        """Per-sample GAN loss of the generator through the head (the fake score in train mode,
+        as the head is trained; no parameter but the generator's receives gradients)."""
+        from .adversarial import frozen, generator_terms
+        sigma, noise = self._noise(x0)
+        was = self.fake_score.training
+        self.fake_score.train()
+        try:
+            with frozen(self.adv_head), frozen(self.fake_score):
+                f = self._adv_features(x0 + losses._expand(sigma, x0) * noise, sigma, c)
+                return generator_terms(self.adv_head, f)
+        finally:
+            self.fake_score.train(was)
 
     # ------------------------------------------------------------------ helpers
 
@@ -479,6 +538,7 @@ class Refiner:
         cfg = self.config
         t0 = time.perf_counter()
         checks = _Checks()
+        self._extra = {}   # further per-step figures (device scalars), reported with the others
         warmup = cfg.fake_warmup if self.cur_step == 0 else 0
         if cfg.update_order == "official":
             fake = self._fake_updates(cfg.fake_updates + warmup, checks)
@@ -521,6 +581,10 @@ class Refiner:
                     per_sample, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
                                                               self.sigma_data, self.augment_pipe)
                 loss = per_sample.float().mean()
+                if self.adv_head is not None:
+                    d_loss = self._discriminator_loss(x0, c)
+                    self._extra["loss/discriminator"] = d_loss.detach()
+                    loss = loss + self.config.data_d_weight * d_loss
                 checks.add(x0, "the generator output", self._updated)
                 checks.add(loss, "the fake-score loss", self._updated)
                 norm = self._backward(loss, self.opt_fake, self._f_params, self.scaler_fake, checks,
@@ -588,6 +652,10 @@ class Refiner:
                 fake, teacher = self._scores_for_generator(dropout_seed)
                 with self._autocast(), self._randomness(), self._checkpointing("teacher", "fake-score"):
                     per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                if self.adv_head is not None:
+                    adv = self._generator_adv_terms(x0, c)
+                    self._extra["loss/generator_adv"] = adv.detach().mean()
+                    per_sample = per_sample + self.config.data_weight * adv
                 loss = per_sample.float().mean()
                 checks.add(x0, "the generator output", self._updated)
                 checks.add(loss, "the generator loss", self._updated)
@@ -603,7 +671,7 @@ class Refiner:
         no augmentation of the fake score's images."""
         cfg = self.config
         return (self._custom_loss is None and cfg.loss == "ikl" and cfg.teacher_mode == "train"
-                and self.augment_pipe is None)
+                and self.augment_pipe is None and self.adv_head is None)
 
     def _joint_update(self, checks):
         """update_order='single-forward': one generator sample x0 (with gradients) serves the
@@ -637,6 +705,10 @@ class Refiner:
                         fake, teacher = self._scores_for_generator(dropout_seed)
                         with self._autocast(), self._randomness(), self._checkpointing("teacher", "fake-score"):
                             gen_ps, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                        if self.adv_head is not None:
+                            adv = self._generator_adv_terms(x0, c)
+                            self._extra["loss/generator_adv"] = adv.detach().mean()
+                            gen_ps = gen_ps + self.config.data_weight * adv
                     finally:
                         self.teacher.eval()
                         self.fake_score.requires_grad_(True)
@@ -653,6 +725,10 @@ class Refiner:
                                                                     self.sigma_data, self.augment_pipe)
                     figs = dict(figs, **fake_figs)
                     fake_loss = fake_ps.float().mean()
+                    if self.adv_head is not None:
+                        d_loss = self._discriminator_loss(x0, c)
+                        self._extra["loss/discriminator"] = d_loss.detach()
+                        fake_loss = fake_loss + self.config.data_d_weight * d_loss
                     checks.add(fake_loss, "the fake-score loss", self._updated)
                 f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
                                         checks, "fake-score")
@@ -678,6 +754,8 @@ class Refiner:
             for k in range(len(self._bin_names)):
                 mask = (idx == k).float()
                 values += [(gap * mask).sum(), mask.sum()]
+        extra_names = sorted(self._extra)
+        values += [self._extra[k].float() / world for k in extra_names]
         n_stats = len(values)
         values += [f.float() for f in checks.flags]
         vec = self.dist.all_reduce(torch.stack([v.to(self.device) for v in values]),
@@ -688,6 +766,8 @@ class Refiner:
             raise NonFiniteError(f"{what} is NaN/inf at step {self.cur_step + 1}; {self._blame(updated)}")
         stats = {"loss/generator": vec[0], "loss/fake_score": vec[1], "fake_score/mse": vec[2],
                  "grad_norm/generator": vec[3], "grad_norm/fake_score": vec[4]}
+        for i, name in enumerate(extra_names):
+            stats[name] = vec[n_stats - len(extra_names) + i]
         if gap is not None:
             stats["gap/mean"] = vec[5] / vec[6]
             for k, name in enumerate(self._bin_names):
@@ -802,6 +882,7 @@ class Refiner:
             "G": self.G.state_dict(),
             "G_ema": self.G_ema.state_dict(),
             "fake_score": self.fake_score.state_dict(),
+            **({"adv_head": self.adv_head.state_dict()} if self.adv_head is not None else {}),
             "opt_G": self.opt_G.state_dict(),
             "opt_fake": self.opt_fake.state_dict(),
             "scaler_G": opt(self.scaler_G),
@@ -826,6 +907,11 @@ class Refiner:
                 net.load_state_dict(state[part])
             except RuntimeError as err:  # torch's message spans many lines: one line that counts
                 raise ValueError(describe_state_mismatch(err, part=part, target=what)) from None
+        if self.adv_head is not None:
+            if "adv_head" not in state:
+                raise ValueError("the state was saved without the data term's discriminator head; "
+                                 "resume with the options it was saved with")
+            self.adv_head.load_state_dict(state["adv_head"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_fake.load_state_dict(state["opt_fake"])
         for scaler, key in ((self.scaler_G, "scaler_G"), (self.scaler_fake, "scaler_fake")):

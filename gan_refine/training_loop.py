@@ -241,6 +241,8 @@ def launch(run, state=None, dry_run=False, progress=True, *, generator=None, tea
 
 def _launch(run, dist, device, state, dry_run, progress, generator, teacher, console):
     from .adapters import IncompatibleModelsError
+    from .adversarial import DataTermError
+    from .datasets import DatasetError
     from .fake_augment import AugmentError
     from .refiner import NonFiniteError, NonFiniteWeightsError, Refiner, steps_for_kimg
 
@@ -311,8 +313,9 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
         elif run.teacher_weights is not None and len(run.teacher_weights) != 1:
             raise RunError(f"--teacher-weights has {len(run.teacher_weights)} weights for one teacher")
         refiner = Refiner(gen_data, teacher_data, run.refine.replace(device=device),
-                          gen_key=run.gen_key, dist=dist, fake_score=fake_score, augment_pipe=augment_pipe)
-    except (IncompatibleModelsError, AugmentError) as err:
+                          gen_key=run.gen_key, dist=dist, fake_score=fake_score, augment_pipe=augment_pipe,
+                          data=run.data if run.refine.data_weight > 0 else None)
+    except (IncompatibleModelsError, AugmentError, DataTermError, DatasetError) as err:
         raise RunError(err) from None
     except NonFiniteWeightsError as err:
         source = gen_target if err.what == "generator" else teacher_target
@@ -368,6 +371,12 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     console.open(run_dir)
     console.say(f"Refining {run.gen or gen_target} against {teacher_src} on {refiner.device} "
                f"({dist.describe()}); {steps} steps of {run.refine.batch} images; outputs in {run_dir}")
+    if run.data and run.refine.data_weight <= 0:
+        console.say(f"Note: --data {run.data} is not used at --data-weight 0 (the data-free method); "
+                    f"give --data-weight W > 0 to add the real-data term")
+    elif refiner.data is not None:
+        console.say(f"Real-data term: {len(refiner.data)} images from {run.data}, weight "
+                    f"{run.refine.data_weight} (discriminator loss weight {run.refine.data_d_weight})")
 
     writer = RunOutputs(refiner, run_dir, run, run_info, evaluation, dist, console)
     try:

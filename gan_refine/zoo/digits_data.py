@@ -31,3 +31,69 @@ def load_digits_split(res=16):
     perm = np.random.RandomState(SPLIT_SEED).permutation(len(x))
     test, train = perm[:NUM_TEST], perm[NUM_TEST:]
     return x[train], y[train], x[test], y[test]
+
+
+def export_split_zip(path, split="train", res=16):
+    """Write one split as a StyleGAN/EDM dataset zip; returns the path.
+
+    Greyscale PNGs `00000/img00000000.png`, `00000/img00000001.png`, ... (uint8 from
+    (x * 127.5 + 128).clamp(0, 255), as StyleGAN/EDM save images) and a `dataset.json` with the
+    integer class labels, stored uncompressed with fixed timestamps, so the same split gives the
+    same bytes. The held-out images are written only for split="test". The zip is written to a
+    temporary file in the same folder and renamed into place.
+    """
+    import io
+    import json
+    import os
+    import tempfile
+    import zipfile
+
+    from PIL import Image
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    x_train, y_train, x_test, y_test = load_digits_split(res)
+    x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+    pixels = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)[:, 0].numpy()   # [N, res, res]
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=folder)
+    try:
+        labels = []
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+                for i, (img, label) in enumerate(zip(pixels, y.tolist())):
+                    name = f"{i // 1000:05d}/img{i:08d}.png"
+                    buf = io.BytesIO()
+                    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="png")
+                    zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+                    labels.append([name, int(label)])
+                zf.writestr(zipfile.ZipInfo("dataset.json", date_time=(1980, 1, 1, 0, 0, 0)),
+                            json.dumps({"labels": labels}))
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes the file private; give it the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gan_refine.zoo.digits_data",
+        description="Export the digits training split as a StyleGAN/EDM dataset zip (for --data).")
+    parser.add_argument("--export-train", metavar="OUT.zip", help="write the training split to OUT.zip")
+    parser.add_argument("--res", type=int, default=16, help="image resolution (default 16)")
+    args = parser.parse_args()
+    if args.export_train is None:
+        parser.print_help()
+    else:
+        out = export_split_zip(args.export_train, split="train", res=args.res)
+        print(f"wrote the training split ({args.res}x{args.res}, greyscale, with labels) to {out}")
