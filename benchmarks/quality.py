@@ -1,22 +1,29 @@
-"""Does refinement make the digits GANs better? Digits-FID/KID before, after, vs the teacher.
+"""Does refinement make the digits GANs better? Before, after and the teacher, on every figure.
 
 For each digits pair (unconditional, conditional) it reports, against the training images:
   (a) the starting generator (G_ema of the shipped pickle),
   (b) the refined generator after each budget, mean and spread over --seeds refinement seeds,
   (c) the teacher's own multi-step sampler (EDM Heun, 18 steps = 35 evaluations),
   (d) the held-out test images (the floor: real images the models never saw),
-plus one ablation (--ablation: no fake-score warm-up, 5 fake-score updates per generator
-update, SiD instead of IKL, teacher in train mode, or the single-forward update order), with wall times and the machine. Writes
-<out>.json and <out>.md. FIDs follow the `gan-refine --metrics` protocol (seeds 0..num-1).
+plus one optional ablation (--ablation). FID/KID at every budget; at the last budget the full
+figure set of benchmarks/digits_eval.py (precision and recall in the digits detector's features
+and in raw pixels, FID against the held-out split, class balance, near-duplicates). Writes
+<out>.json and <out>.md; --log keeps every figure as it is measured.
 
-    python benchmarks/quality.py [--quick] [--out docs/quality/run]
+The method settings are the `digits` preset (gan_refine.config.PRESETS) unless flags or --set
+change them, so the preset and this benchmark cannot drift apart.
 
-On a 2-core CPU, run the pairs and the ablation as separate processes with --threads 1
-(--pairs uncond / --pairs cond / --ablation-only): docs/benchmarks.md has the commands.
+    python benchmarks/quality.py                 # the table of docs/benchmarks.md (about 1 hour on 2 cores)
+    python benchmarks/quality.py --quick         # a smaller version: a few minutes
+    python benchmarks/quality.py --data train    # with the real-data term on the training split
+
+Runs go to --jobs worker processes (default: one per CPU core, one thread each).
 """
 
 import argparse
+import ast
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -26,17 +33,31 @@ import time
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
-from gan_refine.adapters import as_generator  # noqa: E402
-from gan_refine.metrics.detectors import get_detector  # noqa: E402
-from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
+from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.compute import GeneratorSource, compute_feature_stats, quantize  # noqa: E402
-from gan_refine.refiner import Refiner  # noqa: E402
-from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
+from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
 
 PAIRS = {"uncond": ("digits", "digits-edm"), "cond": ("digits-cond", "digits-edm-cond")}
+ABLATIONS = {
+    "none": None,
+    "fake-updates": ("fake-score updates per generator update = 5", dict(fake_updates=5)),
+    "sid": ("SiD loss (alpha 1.2)", dict(loss="sid")),
+    "no-warmup": ("no fake-score warm-up", dict(fake_warmup=0)),
+    "single-forward": ("update order single-forward (one generator forward per step)",
+                       dict(update_order="single-forward")),
+    "teacher-train": ("teacher and fake score in train mode (shared dropout)", dict(teacher_mode="train")),
+    "no-dmd": ("without DMD normalisation", dict(normalize="none")),
+    "no-augment": ("without fake-score augmentation", dict(augment=0.0)),
+}
+SUMMARY_KEYS = ("fid", "kid", "fid_test", "precision", "recall", "pixel_fid", "pixel_precision",
+                "pixel_recall", "class_tv", "dup_rate", "label_accuracy")
 
+
+# ---------------------------------------------------------------------------- shared helpers
+# (benchmarks/sweep.py imports these)
 
 def features(detector, images, batch=500):
     # The detector moves its input to its own device.
@@ -60,23 +81,19 @@ def fid_kid(feat, ref_feat):
 
 
 def teacher_samples(teacher_data, n, device, seed=0, steps=18):
+    """n teacher images (EDM Heun, `steps` steps) from torch seed `seed`, and their class indices."""
     from gan_refine.zoo.edm_sampler import heun_sample
     net = teacher_data["ema"].to(device).eval()
     gen = torch.Generator().manual_seed(seed)
     latents = torch.randn(n, net.img_channels, net.img_resolution, net.img_resolution, generator=gen)
     labels = None
     if net.label_dim:
-        labels = torch.eye(net.label_dim)[torch.randint(net.label_dim, (n,), generator=gen)]
+        labels = torch.randint(net.label_dim, (n,), generator=gen)
     out = []
     for i in range(0, n, 500):
-        lab = None if labels is None else labels[i:i + 500].to(device)
+        lab = None if labels is None else torch.eye(net.label_dim)[labels[i:i + 500]].to(device)
         out.append(heun_sample(net, latents[i:i + 500].to(device), lab, num_steps=steps).float().cpu())
-    return torch.cat(out).clamp(-1, 1)
-
-
-def summarize_pairs(figs):
-    """[(fid, kid), ...] over image sets -> {'fid': summary, 'kid': summary}."""
-    return {"fid": summarize([f for f, _ in figs]), "kid": summarize([k for _, k in figs])}
+    return torch.cat(out).clamp(-1, 1), labels
 
 
 def summarize(values):
@@ -84,121 +101,148 @@ def summarize(values):
             "values": values}
 
 
-def run_pair(kind, args, detector, ref_feat, device, log):
-    gen_name, teacher_name = PAIRS[kind]
-    gen_data = gan_refine.load_network_pkl(gen_name)
-    teacher_data = gan_refine.load_network_pkl(teacher_name)
-    res = {"generator": gen_name, "teacher": teacher_name}
-
-    # Image set k uses generator seeds k*num .. (k+1)*num - 1 (set 0 is the one every refined
-    # generator is scored on) and teacher latents from torch seed k.
-    start = as_generator(gen_data).to(device)   # the pickle's G_ema, as the refiner starts from it
-    figs = [fid_kid(generator_features(detector, start, args.num, seed=k * args.num), ref_feat)
-            for k in range(args.eval_seeds)]
-    res["start"] = dict(fid=figs[0][0], kid=figs[0][1], image_sets=summarize_pairs(figs))
-    log(f"[{kind}] start: FID {res['start']['fid']:.3f} (image sets: {[round(f, 3) for f, _ in figs]})")
-
-    figs, secs = [], []
-    for k in range(args.eval_seeds):
-        t0 = time.time()
-        figs.append(fid_kid(features(detector, teacher_samples(teacher_data, args.num, device, seed=k)), ref_feat))
-        secs.append(time.time() - t0)
-    res["teacher_heun18"] = dict(fid=figs[0][0], kid=figs[0][1], image_sets=summarize_pairs(figs),
-                                 seconds=secs[0], nfe=35)
-    log(f"[{kind}] teacher Heun-18: FID {res['teacher_heun18']['fid']:.3f} (image sets: {[round(f, 3) for f, _ in figs]})")
-    if args.references_only:
-        return res
-
-    def refine_curve(label, **overrides):
-        curve = {b: {"fid": [], "kid": []} for b in args.budgets}
-        secs = []
-        for seed in range(args.seeds):
-            opts = dict(args.method, **overrides)
-            r = Refiner(gen_data, teacher_data, device=device, seed=seed, **opts)
-            t = time.time()
-            done = 0
-            for b in args.budgets:
-                r.run(steps=b - done)
-                done = b
-                t_eval = time.time()
-                fid, kid = fid_kid(generator_features(detector, r.refined_generator(), args.num), ref_feat)
-                t -= time.time() - t_eval   # wall time counts refinement only
-                curve[b]["fid"].append(fid)
-                curve[b]["kid"].append(kid)
-                log(f"[{kind}] {label} seed {seed} step {b}: FID {fid:.3f}")
-            secs.append(time.time() - t)
-        return {str(b): {"fid": summarize(v["fid"]), "kid": summarize(v["kid"])} for b, v in curve.items()}, secs
-
-    if not args.ablation_only:
-        res["refined"], secs = refine_curve("ikl")
-        res["refine_seconds_per_seed"] = summarize(secs)
-    res["_refine_curve"] = refine_curve
-    return res
+def parse_set(text):
+    """'a=1 b=x' -> {'a': 1, 'b': 'x'} (values as Python literals where they parse)."""
+    out = {}
+    for item in (text or "").split():
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
-def run_ablation(kind, res, args):
-    refine_curve = res.pop("_refine_curve")
-    if kind in args.ablation_pairs.split(","):
-        seeds, args.seeds = args.seeds, args.ablation_seeds
-        if args.ablation == "fake-updates":
-            res["ablation"] = {"name": "fake-score updates per generator update = 5",
-                               "curve": refine_curve("fake5", fake_updates=5)[0]}
-        elif args.ablation == "sid":
-            res["ablation"] = {"name": "SiD loss (alpha 1.2)", "curve": refine_curve("sid", loss="sid")[0]}
-        elif args.ablation == "no-warmup":
-            res["ablation"] = {"name": "no fake-score warm-up", "curve": refine_curve("no-warmup", fake_warmup=0)[0]}
-        elif args.ablation == "single-forward":
-            curve, secs = refine_curve("single-forward", update_order="single-forward")
-            res["ablation"] = {"name": "update order single-forward (one generator forward per step)",
-                               "curve": curve, "seconds_per_seed": summarize(secs)}
-        elif args.ablation == "teacher-train":
-            res["ablation"] = {"name": "teacher and fake score in train mode (shared dropout)",
-                               "curve": refine_curve("train-mode", teacher_mode="train")[0]}
-        args.seeds = seeds
-    return res
+# ---------------------------------------------------------------------------- jobs
+
+_EVAL = {}
 
 
-def _sets(entry):
-    """' (image sets: mean ± std, n)' when the figure was measured on several image sets."""
-    sets = entry.get("image_sets")
-    if not sets or len(sets["fid"]["values"]) < 2:
-        return ""
-    f = sets["fid"]
-    return f" (image sets: {f['mean']:.3f} ± {f['std']:.3f}, n={len(f['values'])})"
+def _evaluator(device, num):
+    from digits_eval import DigitsEvaluator
+    key = (str(device), num)
+    if key not in _EVAL:
+        _EVAL[key] = DigitsEvaluator(device=device, num=num)
+    return _EVAL[key]
+
+
+def _init_worker(threads):
+    torch.set_num_threads(threads)
+
+
+def run_job(job):
+    """One unit of work in a worker process: a reference figure set or one refinement curve."""
+    ev = _evaluator(job["device"], job["num"])
+    t0 = time.time()
+    if job["kind"] == "floor":
+        return dict(job, figures=ev.of_real("test"), seconds=time.time() - t0)
+    gen_name, teacher_name = PAIRS[job["pair"]]
+    if job["kind"] == "start":
+        from gan_refine.adapters import as_generator
+        G = as_generator(gan_refine.load_network_pkl(gen_name)).module
+        src = GeneratorSource(G, num=job["num"], seed=job["image_set"] * job["num"])
+        images = torch.cat(list(src.iter_batches(250))).cpu()
+        labels = None
+        if G.c_dim:
+            labels = src.latents(list(range(job["image_set"] * job["num"], (job["image_set"] + 1) * job["num"])))[1].argmax(1)
+        return dict(job, figures=ev.figures(images, labels), seconds=time.time() - t0)
+    if job["kind"] == "teacher":
+        images, labels = teacher_samples(gan_refine.load_network_pkl(teacher_name), job["num"], job["device"],
+                                         seed=job["image_set"])
+        return dict(job, figures=ev.figures(quantize(images), labels), seconds=time.time() - t0, nfe=35)
+    # A refinement curve.
+    from gan_refine.refiner import Refiner
+    data = None
+    if job["data"] == "train":
+        from gan_refine.zoo.digits_data import load_digits_split
+        x_train, y_train, _, _ = load_digits_split(16)   # the training split only, never the held-out one
+        data = (x_train, y_train)
+    r = Refiner(gan_refine.load_network_pkl(gen_name), gan_refine.load_network_pkl(teacher_name),
+                device=job["device"], seed=job["seed"], data=data, **job["method"])
+    curve, done, refine_seconds = {}, 0, 0.0
+    for b in job["budgets"]:
+        t = time.time()
+        r.run(steps=b - done)
+        refine_seconds += time.time() - t
+        done = b
+        G = r.refined_generator()
+        if b == job["budgets"][-1]:
+            curve[str(b)] = ev.of_generator(G)
+        else:
+            curve[str(b)] = dict(zip(("fid", "kid"), ev.fid_kid(ev.generator_images(G)[0])))
+        if job.get("log"):
+            _log_line(job["log"], dict(pair=job["pair"], label=job["label"], seed=job["seed"], step=b,
+                                       **curve[str(b)]))
+    return dict(job, curve=curve, seconds=refine_seconds)
+
+
+def _log_line(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------- report
+
+def _agg(figure_sets):
+    """[{key: value}] -> {key: summary} over the keys every set has."""
+    keys = [k for k in SUMMARY_KEYS if all(k in f for f in figure_sets)]
+    return {k: summarize([f[k] for f in figure_sets]) for k in keys}
+
+
+def _fmt(s, digits=3):
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if len(s["values"]) > 1 else f"{s['mean']:.{digits}f}"
 
 
 def markdown(results, meta):
-    lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; "
-             f"{meta['num']} generated images vs {meta['num_ref']} training images, digits detector "
-             f"({meta['feature_dim']}-d features); refinement settings {meta['method']}, "
-             f"{meta['seeds']} seeds (mean ± std).", "", f"Command: `{meta['command']}`", "",
-             f"Floor (held-out test vs train, {meta['num_test']} images): FID {results['floor']['fid']:.3f}, "
-             f"KID {results['floor']['kid']:.5f}", ""]
+    lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; {meta['num']} generated "
+             f"images per figure vs {meta['num_ref']} training images; refinement settings {meta['method']}; "
+             f"{meta['seeds']} refinement seeds (mean ± std); data term: {meta['data']}.", "",
+             f"Command: `{meta['command']}`", ""]
+    floor = results["floor"]
+    lines += [f"Floor (the {meta['num_test']} held-out images vs the training images): FID {floor['fid']:.3f}, "
+              f"precision {floor['precision']:.3f}, recall {floor['recall']:.3f}; pixels: FID "
+              f"{floor['pixel_fid']:.3f}, precision {floor['pixel_precision']:.3f}, recall "
+              f"{floor['pixel_recall']:.3f}; class TV {floor['class_tv']:.3f}; near-duplicate rate "
+              f"{floor['dup_rate']:.3f} (by construction)", ""]
     for kind in ("uncond", "cond"):
         r = results.get(kind)
         if r is None:
             continue
+        start, teacher = r["start"], r["teacher_heun18"]
         lines += [f"### {kind}: {r['generator']} refined against {r['teacher']}", "",
-                  "| model | steps | FID | KID |", "|---|---|---|---|",
-                  f"| starting generator | 0 | {r['start']['fid']:.3f}{_sets(r['start'])} | {r['start']['kid']:.5f} |"]
-        for b, v in r.get("refined", {}).items():
-            lines.append(f"| refined (IKL) | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
-                         f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
-        if "ablation" in r:
-            for b, v in r["ablation"]["curve"].items():
-                lines.append(f"| {r['ablation']['name']} | {b} | {v['fid']['mean']:.3f} ± {v['fid']['std']:.3f} | "
-                             f"{v['kid']['mean']:.5f} ± {v['kid']['std']:.5f} |")
-        t = r["teacher_heun18"]
-        lines.append(f"| teacher, EDM Heun 18 steps (35 NFE) | - | {t['fid']:.3f}{_sets(t)} | {t['kid']:.5f} |")
-        if "refined" in r:
-            last = r["refined"][str(max(int(b) for b in r["refined"]))]["fid"]["mean"]
-            gap = r["start"]["fid"] - t["fid"]
-            closed = (r["start"]["fid"] - last) / gap if gap > 0 else float("nan")
-            lines += ["", f"Share of the start-to-teacher FID gap closed at the largest budget: {closed:.0%} "
-                          f"(refinement wall time per seed: {r['refine_seconds_per_seed']['mean']:.0f} s)"]
+                  "Digits-FID by generator step (image set 0):", "",
+                  "| model | " + " | ".join(str(b) for b in meta["budgets"]) + " |",
+                  "|---|" + "---|" * len(meta["budgets"])]
+        lines.append(f"| starting generator | {start['fid']['values'][0]:.3f} (all steps) |" +
+                     " |" * (len(meta["budgets"]) - 1))
+        for label, curve in r["curves"].items():
+            lines.append(f"| {label} | " + " | ".join(_fmt(curve[str(b)]["fid"]) for b in meta["budgets"]) + " |")
+        lines.append(f"| teacher, Heun 18 steps (35 NFE) | {teacher['fid']['values'][0]:.3f} |" +
+                     " |" * (len(meta["budgets"]) - 1))
+        last = str(meta["budgets"][-1])
+        cols = [k for k in SUMMARY_KEYS if k in start]
+        lines += ["", f"All figures at {last} steps (start and teacher: mean ± std over {meta['eval_seeds']} "
+                      f"image sets):", "",
+                  "| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
+                  "| starting generator | " + " | ".join(_fmt(start[k]) for k in cols) + " |"]
+        for label, curve in r["curves"].items():
+            lines.append(f"| {label} | " + " | ".join(_fmt(curve[last][k]) if k in curve[last] else "-"
+                                                     for k in cols) + " |")
+        lines.append("| teacher, Heun 18 | " + " | ".join(_fmt(teacher[k]) for k in cols) + " |")
+        main = r["curves"].get("refined")
+        if main is not None:
+            gap = start["fid"]["values"][0] - teacher["fid"]["values"][0]
+            closed = (start["fid"]["values"][0] - main[last]["fid"]["mean"]) / gap
+            gap_m = start["fid"]["mean"] - teacher["fid"]["mean"]
+            closed_m = (start["fid"]["mean"] - main[last]["fid"]["mean"]) / gap_m
+            lines += ["", f"Share of the start-to-teacher FID gap closed at {last} steps: **{closed:.0%}** "
+                          f"(against the references' means over image sets: {closed_m:.0%}); refinement "
+                          f"wall time per seed {r['seconds']['refined']['mean']:.0f} s."]
         lines.append("")
     return "\n".join(lines)
 
+
+# ---------------------------------------------------------------------------- main
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,67 +250,122 @@ def main():
     ap.add_argument("--budgets", default="250,500,1000,1500", help="generator steps at which to evaluate")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--num", type=int, default=2000, help="generated images per evaluation")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr-gen", type=float, default=2e-3)
-    ap.add_argument("--lr-fake", type=float, default=1e-3)
-    ap.add_argument("--fake-warmup", type=int, default=300)
-    ap.add_argument("--p-mean", type=float, default=0.0, help="log-normal noise-level law: mean of ln(sigma)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--teacher-mode", choices=["eval", "train"], default="eval")
-    ap.add_argument("--update-order", choices=["official", "single-forward"], default="official",
-                    help="update order of the main curves (the single-forward ablation compares the other)")
-    ap.add_argument("--ablation", choices=["none", "fake-updates", "sid", "teacher-train", "no-warmup",
-                                           "single-forward"],
-                    default="no-warmup")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--lr-gen", type=float, default=None)
+    ap.add_argument("--lr-fake", type=float, default=None)
+    ap.add_argument("--fake-warmup", type=int, default=None)
+    ap.add_argument("--p-mean", type=float, default=None, help="log-normal noise-level law: mean of ln(sigma)")
+    ap.add_argument("--teacher-mode", choices=["eval", "train"], default=None)
+    ap.add_argument("--update-order", choices=["official", "single-forward"], default=None)
+    ap.add_argument("--set", default="", help="further method settings, 'key=value key=value' (RefineConfig fields)")
+    ap.add_argument("--plain", action="store_true",
+                    help="start from Diff-Instruct's plain IKL settings of the earlier quality runs "
+                         "(no DMD normalisation, no augmentation) instead of the digits preset")
+    ap.add_argument("--data", choices=["none", "train"], default="none",
+                    help="'train': add the real-data term on the digits training split (never the held-out one)")
+    ap.add_argument("--ablation", choices=sorted(ABLATIONS), default="none")
     ap.add_argument("--ablation-pairs", default="uncond", help="pairs the ablation runs on")
     ap.add_argument("--ablation-seeds", type=int, default=2)
     ap.add_argument("--eval-seeds", type=int, default=3,
-                    help="image sets the starting generator and the teacher are scored on (spread of the references)")
+                    help="image sets the starting generator and the teacher are scored on (their spread)")
     ap.add_argument("--references-only", action="store_true",
                     help="only the starting generator, the teacher and the floor: no refinement")
-    ap.add_argument("--ablation-only", action="store_true",
-                    help="skip the main refinement curves (run the ablation in a process of its own)")
+    ap.add_argument("--ablation-only", action="store_true", help="skip the main refinement curves")
+    ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU cores, 1 on CUDA)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--log", default=None, help="append every figure as a JSON line here as it is measured")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed, 300 images: a smoke run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
-        args.budgets, args.seeds, args.num, args.ablation = "3,6", 1, 300, "none"
-        args.fake_warmup = min(args.fake_warmup, 5)
-    args.budgets = [int(b) for b in args.budgets.split(",")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.method = dict(batch=args.batch, lr_gen=args.lr_gen, lr_fake=args.lr_fake,
-                       fake_warmup=args.fake_warmup, P_mean=args.p_mean, teacher_mode=args.teacher_mode,
-                       update_order=args.update_order)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+        args.budgets, args.seeds, args.num, args.eval_seeds = "3,6", 1, 300, 1
+        args.ablation_seeds = 1
+    budgets = [int(b) for b in args.budgets.split(",")]
+    method = dict(PRESETS["digits"]["method"])
+    if args.plain:
+        method.update(normalize="none", augment=0.0)
+    for flag, key in (("batch", "batch"), ("lr_gen", "lr_gen"), ("lr_fake", "lr_fake"),
+                      ("fake_warmup", "fake_warmup"), ("p_mean", "P_mean"), ("teacher_mode", "teacher_mode"),
+                      ("update_order", "update_order")):
+        if getattr(args, flag) is not None:
+            method[key] = getattr(args, flag)
+    method.update(parse_set(args.set))
+    if args.data == "train" and not method.get("data_weight"):
+        method["data_weight"] = 0.05
+    if args.quick:
+        method["fake_warmup"] = min(method.get("fake_warmup", 0), 5)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    jobs_n = args.jobs or (1 if device.startswith("cuda") else max(1, os.cpu_count() or 1))
     t_all = time.time()
 
-    def log(msg):
+    jobs = [dict(kind="floor", pair=None)]
+    pairs = args.pairs.split(",")
+    for kind in pairs:
+        for k in range(args.eval_seeds):
+            jobs += [dict(kind="teacher", pair=kind, image_set=k), dict(kind="start", pair=kind, image_set=k)]
+        if args.references_only:
+            continue
+        if not args.ablation_only:
+            jobs += [dict(kind="refine", pair=kind, label="refined", seed=s, method=method) for s in range(args.seeds)]
+        ab = ABLATIONS[args.ablation]
+        if ab is not None and kind in args.ablation_pairs.split(","):
+            jobs += [dict(kind="refine", pair=kind, label=ab[0], seed=s, method=dict(method, **ab[1]))
+                     for s in range(args.ablation_seeds)]
+    # The long jobs first, so the workers finish together.
+    jobs.sort(key=lambda j: j["kind"] != "refine")
+    for j in jobs:
+        j.update(device=device, num=args.num, budgets=budgets, data=args.data, log=args.log)
+
+    def say(msg):
         line = f"{time.time() - t_all:7.1f}s {msg}"
         print(line, flush=True)
-        if args.log:  # partial results survive a run that is cut short
-            with open(args.log, "a") as f:
-                f.write(line + "\n")
+        if args.log:
+            _log_line(args.log, {"message": line})
 
-    detector = get_detector("digits", device=device)
+    say(f"{len(jobs)} jobs on {jobs_n} worker(s); settings {method}")
+    done = []
+    if jobs_n == 1:
+        _init_worker(args.threads)
+        it = map(run_job, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(jobs_n, initializer=_init_worker, initargs=(args.threads,))
+        it = pool.imap_unordered(run_job, jobs)
+    for res in it:
+        done.append(res)
+        if res["kind"] == "refine":
+            last = res["curve"][str(budgets[-1])]
+            say(f"[{res['pair']}] {res['label']} seed {res['seed']}: FID " +
+                ", ".join(f"{b}: {res['curve'][str(b)]['fid']:.3f}" for b in budgets) +
+                f"; precision {last['precision']:.3f}, recall {last['recall']:.3f} ({res['seconds']:.0f} s)")
+        else:
+            say(f"[{res['pair'] or 'floor'}] {res['kind']} {res.get('image_set', '')}: FID {res['figures']['fid']:.3f}")
+    if jobs_n > 1:
+        pool.close()
+        pool.join()
+
+    results = {"floor": next(r["figures"] for r in done if r["kind"] == "floor")}
+    for kind in pairs:
+        mine = [r for r in done if r["pair"] == kind]
+        by_set = lambda what: [r["figures"] for r in sorted((r for r in mine if r["kind"] == what),  # noqa: E731
+                                                            key=lambda r: r["image_set"])]
+        entry = {"generator": PAIRS[kind][0], "teacher": PAIRS[kind][1],
+                 "start": _agg(by_set("start")), "teacher_heun18": _agg(by_set("teacher")),
+                 "curves": {}, "seconds": {}}
+        for label in dict.fromkeys(r["label"] for r in mine if r["kind"] == "refine"):
+            runs = sorted((r for r in mine if r["kind"] == "refine" and r["label"] == label), key=lambda r: r["seed"])
+            entry["curves"][label] = {str(b): _agg([r["curve"][str(b)] for r in runs]) for b in budgets}
+            entry["seconds"][label] = summarize([r["seconds"] for r in runs])
+        results[kind] = entry
+    from gan_refine.zoo.digits_data import load_digits_split
     x_train, _, x_test, _ = load_digits_split(16)
-    ref_feat = features(detector, x_train)
-    floor = fid_kid(features(detector, x_test), ref_feat)
-    results = {"floor": {"fid": floor[0], "kid": floor[1]}}
-    log(f"floor: FID {floor[0]:.3f}")
-    for kind in args.pairs.split(","):
-        results[kind] = run_pair(kind, args, detector, ref_feat, device, log)
-    for kind in args.pairs.split(","):
-        if not args.references_only:
-            run_ablation(kind, results[kind], args)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
-    meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-            "num": args.num, "num_ref": len(x_train), "num_test": len(x_test), "method": args.method,
-            "seeds": args.ablation_seeds if args.ablation_only else args.seeds, "feature_dim": int(ref_feat.shape[1]), "command": " ".join(sys.argv),
+    machine = (torch.cuda.get_device_name(0) if device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()} CPU, {jobs_n} worker(s) x {args.threads} thread(s)")
+    meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "num": args.num,
+            "num_ref": len(x_train), "num_test": len(x_test), "method": method, "budgets": budgets,
+            "seeds": args.seeds, "eval_seeds": args.eval_seeds, "data": args.data,
+            "command": " ".join(["python", "benchmarks/quality.py"] + sys.argv[1:]),
             "total_seconds": time.time() - t_all}
     md = markdown(results, meta)
     print(md)
