@@ -53,6 +53,10 @@ def main():
     ap.add_argument("--emas", default="", help="extra EMA ramp-ups to keep alongside the run's own "
                                                "(e.g. 0.1,0.2,0.4), each scored at every budget")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--teachers", default=None,
+                    help="comma-separated teachers (names or pickle paths) whose weighted mixture is "
+                         "the target, instead of the pair's teacher")
+    ap.add_argument("--weights", default=None, help="mixture weights for --teachers (default: equal)")
     ap.add_argument("--data", choices=["none", "train"], default="none",
                     help="real images for the data term (--set data_weight=W): the digits training "
                          "split; the held-out split is never used")
@@ -69,7 +73,13 @@ def main():
     for text in args.set or [""]:
         opts = dict(PRESETS["digits"]["method"], **parse_set(text))
         data = None if args.data == "none" else (torch.as_tensor(x_train), torch.as_tensor(y_train))
-        r = Refiner(gen_data, teacher_data, device="cpu", seed=args.seed, data=data, **opts)
+        teacher, fake = teacher_data, None
+        if args.teachers:
+            from gan_refine.adapters import MixtureTeacher, as_teacher
+            members = [as_teacher(gan_refine.load_network_pkl(t)) for t in args.teachers.split(",")]
+            weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+            teacher, fake = MixtureTeacher(members, weights), copy.deepcopy(members[0])
+        r = Refiner(gen_data, teacher, device="cpu", seed=args.seed, data=data, fake_score=fake, **opts)
         done, t_refine = 0, 0.0
         emas = {f"ema{ru:g}": copy.deepcopy(r.G_ema) for ru in
                 [float(v) for v in args.emas.split(",") if v]}
@@ -95,7 +105,8 @@ def main():
             for which in ("ema",) + (("raw",) if args.raw else ()) + tuple(emas):
                 G = emas[which].module if which in emas else r.refined_generator(ema=(which == "ema"))
                 fid, kid = fid_kid(generator_features(detector, G, args.num), ref_feat)
-                line = dict(pair=args.pair, set=text, data=args.data, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
+                line = dict(pair=args.pair, set=text, data=args.data, teachers=args.teachers,
+                            weights=args.weights, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
                             refine_seconds=round(t_refine, 1), threads=args.threads, date=time.strftime("%Y-%m-%d"))
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:

@@ -37,6 +37,9 @@ class RefineConfig:
                       why="official Diff-Instruct README run")
     lr_gen: float = _opt(1e-5, "Generator learning rate (Adam).", why="official Diff-Instruct README run")
     lr_fake: float = _opt(1e-5, "Fake-score learning rate (Adam).", why="official Diff-Instruct README run")
+    lr_gen_halflife_kimg: float = _opt(0.0, "Halve the generator's learning rate every this many kimg "
+                                            "(exponential decay from the start); 0 keeps it constant.",
+                                       why="official code: constant")
     betas: Tuple[float, float] = _opt((0.0, 0.999), "Adam betas for both networks.",
                                       why="official code (beta1 = 0)")
     adam_eps: float = _opt(1e-8, "Adam epsilon.", why="PyTorch and official code")
@@ -112,6 +115,7 @@ class RefineConfig:
                 raise ValueError(msg)
         need(self.batch >= 1, f"batch must be at least 1, got {self.batch}")
         need(self.lr_gen > 0 and self.lr_fake > 0, "learning rates must be positive")
+        need(self.lr_gen_halflife_kimg >= 0, "lr_gen_halflife_kimg must be >= 0 (0 = constant)")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas}")
         need(self.adam_eps > 0, "adam_eps must be positive")

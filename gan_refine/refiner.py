@@ -549,6 +549,9 @@ class Refiner:
             fake.append(joint)
             later = [(self.opt_G, self.scaler_G), (self.opt_fake, self.scaler_fake)]
         stats = self._gather_stats(gen, fake, checks)  # raises NonFiniteError before any update below
+        lr_gen = self.lr_gen_now()
+        for group in self.opt_G.param_groups:
+            group["lr"] = lr_gen
         for opt, scaler in later:
             self._optimizer_step(opt, scaler)
         self.cur_step += 1
@@ -556,12 +559,22 @@ class Refiner:
         self._update_ema()
         dt = time.perf_counter() - t0  # on CUDA, work queued after the statistics counts in the next step
         stats.update({
+            "lr/generator": lr_gen,
             "step": self.cur_step,
             "kimg": self.cur_nimg / 1000,
             "sec_per_step": dt,
             "images_per_sec": cfg.batch / dt if dt > 0 else float("inf"),
         })
         return stats
+
+    def lr_gen_now(self):
+        """The generator's learning rate for the update after cur_nimg images: lr_gen, halved every
+        lr_gen_halflife_kimg thousand images when that is set (a function of the counter only,
+        so a resumed run continues the same schedule)."""
+        cfg = self.config
+        if cfg.lr_gen_halflife_kimg <= 0:
+            return cfg.lr_gen
+        return cfg.lr_gen * 0.5 ** (self.cur_nimg / (1000 * cfg.lr_gen_halflife_kimg))
 
     def _fake_updates(self, n, checks):
         """`n` fake-score updates, each on a fresh no-grad generator sample (docs/design.md,

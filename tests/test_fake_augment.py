@@ -161,3 +161,4 @@ def test_augmented_refiner_resumes_bit_for_bit():
         assert torch.equal(pa, pb), k
     for pa, pb in zip(a.G.parameters(), b.G.parameters()):
         assert torch.equal(pa, pb)
+

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_refine import losses
+from gan_refine import losses, nets
 from gan_refine.adapters import (GenericGeneratorAdapter, GenericTeacherAdapter,
                                  IncompatibleModelsError)
 from gan_refine.refiner import NonFiniteError, Refiner, _SharedDropout, refine, resolve_device
@@ -395,3 +395,16 @@ def test_fake_warmup_trains_the_fake_score_before_the_first_generator_update():
     r.step()   # later steps alternate as usual
     assert set(adam_steps(r.opt_fake)) == {5 + 4} and set(adam_steps(r.opt_G)) == {2}
     assert any(not torch.equal(a, b) for a, b in zip(g0, r._g_params))
+
+
+def test_generator_learning_rate_halves_every_halflife_and_resumes_on_schedule():
+    g = nets.stylegan2_pkl_dict(res=8, channels=1, seed=0)
+    t = nets.edm_pkl_dict(res=8, channels=1, seed=2)
+    r = Refiner(g, t, batch=4, lr_gen=1e-3, lr_gen_halflife_kimg=0.008, seed=0, device="cpu")
+    seen = [r.step()["lr/generator"] for _ in range(5)]
+    # updates after 0, 4, 8, 12, 16 images: lr * 0.5 ** (n / 8)
+    for k, lr in enumerate(seen):
+        assert abs(lr - 1e-3 * 0.5 ** (4 * k / 8)) < 1e-15
+    assert r.opt_G.param_groups[0]["lr"] == seen[-1]
+    flat = Refiner(g, t, batch=4, lr_gen=1e-3, seed=0, device="cpu")
+    assert [flat.step()["lr/generator"] for _ in range(2)] == [1e-3, 1e-3]
