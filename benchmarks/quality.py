@@ -292,7 +292,7 @@ def main():
             method[key] = getattr(args, flag)
     method.update(parse_set(args.set))
     if args.data == "train" and not method.get("data_weight"):
-        method["data_weight"] = 0.05
+        method["data_weight"] = 3e-3
     if args.quick:
         method["fake_warmup"] = min(method.get("fake_warmup", 0), 5)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (

@@ -86,10 +86,12 @@ class RefineConfig:
                           why="official code used 0.12; 0 keeps the plain method")
     data_weight: float = _opt(0.0, "Weight of the real-data term in the generator's loss: a GAN loss "
                                    "through a discriminator head on the fake score's encoder, trained on "
-                                   "--data images against generated ones (DMD2/SiDA style); 0 = data-free.",
+                                   "--data images against generated ones (DMD2/SiDA style); per pixel, "
+                                   "as DMD2's 3e-3; 0 = data-free.",
                               why="0 keeps the plain, data-free method")
-    data_d_weight: float = _opt(1.0, "Weight of the discriminator head's loss in the fake score's loss "
-                                     "(with --data-weight > 0).")
+    data_d_weight: float = _opt(1e-2, "Weight of the discriminator head's loss in the fake score's loss "
+                                      "(with --data-weight > 0), per pixel.",
+                                why="DMD2's guidance classifier weight")
     # The official order trains the fake score on a sample of its own before the generator's
     # update. DMD2's order reuses the generator's sample: one generator forward less per step,
     # and with --teacher-mode train one fake-score forward less (docs/design.md, "The method").

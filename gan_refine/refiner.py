@@ -313,7 +313,7 @@ class Refiner:
             warnings.warn("compile is not used on several processes (the per-rank random draws "
                           "are not traceable); running uncompiled", RuntimeWarning, stacklevel=2)
         # The fake score's updates of a step are undone from here when the step meets NaN/inf.
-        self._fake_rollback = TensorRollback([self.fake_score] + ([self.adv_head] if self.adv_head else []),
+        self._fake_rollback = TensorRollback([self.fake_score] + ([self.adv_head] if self.adv_head is not None else []),
                                              [self.opt_fake])
         self._fake_snapshot_taken = False
 
@@ -363,6 +363,12 @@ class Refiner:
         f_fake = self._adv_features(x0.detach() + losses._expand(sig_f, x0) * noise_f, sig_f, c)
         real_t, fake_t = discriminator_terms(self.adv_head, f_real, f_fake)
         return real_t.mean() + fake_t.mean()
+
+    @staticmethod
+    def _data_scale(x0):
+        """Values per image: the data term's weights are per pixel, as DMD2's (whose losses are
+        means over pixels, where the IKL and denoising losses here are sums)."""
+        return float(x0[0].numel())
 
     def _generator_adv_terms(self, x0, c):
         """Per-sample GAN loss of the generator through the head (the fake score in train mode,
@@ -597,7 +603,7 @@ class Refiner:
                 if self.adv_head is not None:
                     d_loss = self._discriminator_loss(x0, c)
                     self._extra["loss/discriminator"] = d_loss.detach()
-                    loss = loss + self.config.data_d_weight * d_loss
+                    loss = loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
                 checks.add(x0, "the generator output", self._updated)
                 checks.add(loss, "the fake-score loss", self._updated)
                 norm = self._backward(loss, self.opt_fake, self._f_params, self.scaler_fake, checks,
@@ -668,7 +674,7 @@ class Refiner:
                 if self.adv_head is not None:
                     adv = self._generator_adv_terms(x0, c)
                     self._extra["loss/generator_adv"] = adv.detach().mean()
-                    per_sample = per_sample + self.config.data_weight * adv
+                    per_sample = per_sample + self._data_scale(x0) * self.config.data_weight * adv
                 loss = per_sample.float().mean()
                 checks.add(x0, "the generator output", self._updated)
                 checks.add(loss, "the generator loss", self._updated)
@@ -721,7 +727,7 @@ class Refiner:
                         if self.adv_head is not None:
                             adv = self._generator_adv_terms(x0, c)
                             self._extra["loss/generator_adv"] = adv.detach().mean()
-                            gen_ps = gen_ps + self.config.data_weight * adv
+                            gen_ps = gen_ps + self._data_scale(x0) * self.config.data_weight * adv
                     finally:
                         self.teacher.eval()
                         self.fake_score.requires_grad_(True)
@@ -741,7 +747,7 @@ class Refiner:
                     if self.adv_head is not None:
                         d_loss = self._discriminator_loss(x0, c)
                         self._extra["loss/discriminator"] = d_loss.detach()
-                        fake_loss = fake_loss + self.config.data_d_weight * d_loss
+                        fake_loss = fake_loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
                     checks.add(fake_loss, "the fake-score loss", self._updated)
                 f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
                                         checks, "fake-score")
