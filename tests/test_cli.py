@@ -393,6 +393,7 @@ def test_presets_explicit_options_win_and_sources_are_reported(pkls, tmp_path):
 
 
 def test_resumed_run_keeps_its_preset_and_its_own_values(pkls, tmp_path):
+    from gan_refine.config import PRESETS
     r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits", "--batch", 4,
                 "--fake-warmup", 1, "--kimg", 0.004, "--grid", 0, "--device", "cpu", "--outdir", tmp_path / "runs"])
     assert r.exit_code == 0, r.output
@@ -400,5 +401,5 @@ def test_resumed_run_keeps_its_preset_and_its_own_values(pkls, tmp_path):
     r = invoke(["--resume", run, "--gen", pkls["gen"], "--teacher", pkls["teacher"], "--kimg", 0.008,
                 "--dry-run"])
     cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
-    assert cfg["preset"] == "digits" and cfg["refine"]["batch"] == 4 and cfg["refine"]["lr_gen"] == 2e-3
+    assert cfg["preset"] == "digits" and cfg["refine"]["batch"] == 4 and cfg["refine"]["lr_gen"] == PRESETS["digits"]["method"]["lr_gen"]
     assert cfg["sources"]["batch"] == "resumed state" and cfg["outdir"] == str(tmp_path / "runs")
