@@ -70,13 +70,14 @@ class DigitsEvaluator:
     def _pixels(u8):
         return u8.flatten(1).float() / 255.0
 
-    def generator_images(self, G, num=None):
-        """uint8 images of G at seeds 0..num-1 and the labels they were drawn with (or None)."""
-        src = GeneratorSource(G, num=num or self.num, seed=0)
+    def generator_images(self, G, num=None, seed=0):
+        """uint8 images of G at seeds seed..seed+num-1 and the labels they were drawn with (or None)."""
+        num = num or self.num
+        src = GeneratorSource(G, num=num, seed=seed)
         images = torch.cat(list(src.iter_batches(250))).cpu()
         labels = None
         if getattr(G, "c_dim", 0):
-            labels = torch.as_tensor(src.latents(list(range(num or self.num)))[1]).argmax(1).cpu()
+            labels = torch.as_tensor(src.latents(list(range(seed, seed + num)))[1]).argmax(1).cpu()
         return images, labels
 
     def fid_kid(self, images_u8):

@@ -140,11 +140,7 @@ def run_job(job):
     if job["kind"] == "start":
         from gan_refine.adapters import as_generator
         G = as_generator(gan_refine.load_network_pkl(gen_name)).module
-        src = GeneratorSource(G, num=job["num"], seed=job["image_set"] * job["num"])
-        images = torch.cat(list(src.iter_batches(250))).cpu()
-        labels = None
-        if G.c_dim:
-            labels = src.latents(list(range(job["image_set"] * job["num"], (job["image_set"] + 1) * job["num"])))[1].argmax(1)
+        images, labels = ev.generator_images(G, job["num"], seed=job["image_set"] * job["num"])
         return dict(job, figures=ev.figures(images, labels), seconds=time.time() - t0)
     if job["kind"] == "teacher":
         images, labels = teacher_samples(gan_refine.load_network_pkl(teacher_name), job["num"], job["device"],

@@ -11,7 +11,6 @@ detector, seeds 0..num-1 against the training split), and appends one JSON line 
 """
 
 import argparse
-import ast
 import copy
 import json
 import os
@@ -27,19 +26,7 @@ from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
-from quality import PAIRS, features, fid_kid, generator_features  # noqa: E402
-
-
-def parse_set(text):
-    """'a=1 b=x' -> {'a': 1, 'b': 'x'} (values as Python literals where they parse)."""
-    out = {}
-    for item in text.split():
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+from quality import PAIRS, features, fid_kid, generator_features, parse_set  # noqa: E402
 
 
 def main():
