@@ -326,6 +326,11 @@ def configurations(gen_data, teacher_data, batch, device, teacher_mode, with_com
                       ("Refiner, single-forward", dict(update_order="single-forward"))):
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, **kw)
         out[label] = (r.step, refiner_nets(r))
+    if device.type == "cpu" and teacher_mode == "eval" and torch.get_num_threads() >= 2:
+        # The two branches split the intra-op threads: the same cores as the loops above.
+        r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
+                         update_order="single-forward", overlap=True)
+        out[f"Refiner, single-forward, overlap (2 x {torch.get_num_threads() // 2} threads)"] = (r.step, refiner_nets(r))
     if with_compile:
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                          update_order="single-forward", compile=True)
@@ -349,7 +354,10 @@ def speed_table(pair, gen_data, teacher_data, batch, device, repeats, teacher_mo
     rows = []
     base = med["official loop"]
     for name, (step, nets_of) in confs.items():
-        shares, _ = (time_shares(step, nets_of, 2, device) if "compiled" not in name else (None, None))
+        # No shares for a compiled step (no modules to hook) or an overlapped one (the parts
+        # run at once: their times do not add up to the step's).
+        timed = "compiled" not in name and "overlap" not in name
+        shares, _ = (time_shares(step, nets_of, 2, device) if timed else (None, None))
         rows.append(dict(config=name, ms=1000 * med[name], ratio=base / med[name], shares=shares,
                          all_ms=[1000 * t for t in raw[name]]))
     out = dict(pair=pair, batch=batch, device=str(device), threads=torch.get_num_threads(),

@@ -17,6 +17,7 @@ rank draws the random numbers of the whole batch and keeps its slice, Distribute
 averages the gradients, and the EMA lives on rank 0 (`sync_ema()` copies it to every rank).
 """
 
+import concurrent.futures
 import contextlib
 import copy
 import math
@@ -152,6 +153,10 @@ class _Checks:
     def __init__(self):
         self.flags, self.labels = [], []
 
+    def extend(self, other):
+        self.flags += other.flags
+        self.labels += other.labels
+
     def add(self, t, what, updated):
         """`what`: how the message names the tensor; `updated`: whether any optimiser step had
         been taken before this value was computed (it decides whom the message blames)."""
@@ -200,6 +205,16 @@ class Refiner:
             pass instead of being kept, for batches that do not fit: any of 'generator',
             'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
             results are the same bit for bit; a step costs about one more forward of each.
+        overlap: with update_order='single-forward', run the fake score's update (its
+            training forward and backward) on a second CPU thread while this one runs the
+            teacher's forward, the fake score's eval forward and the generator's backward. The
+            results are the same bit for bit as without it (only one thread draws random
+            numbers meanwhile); the step takes the longer of the two branches instead of their
+            sum. Used where that holds: one process on CPU, teacher_mode 'eval', the IKL loss,
+            no data term, not compiled (elsewhere the step runs as without it;
+            `overlap_active` says which). Each branch gets half of torch's intra-op threads
+            during the step, at least one: with one thread, overlap uses a second core.
+            Speed figures: docs/benchmarks.md, "Step speed".
         augment_pipe: with config.augment > 0, the teacher's augmentation pipe (images ->
             (images, augment labels)) when `teacher` is not the pickle dict that holds it.
         data: with config.data_weight > 0, the real training images of the data term: a path
@@ -210,7 +225,7 @@ class Refiner:
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
                  gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
                  dist=None, compile=False, activation_checkpointing=(), augment_pipe=None, data=None,
-                 **overrides):
+                 overlap=False, **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
@@ -321,6 +336,9 @@ class Refiner:
                                         sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
                                         rho=cfg.rho, t_max=cfg.t_max)
         self._custom_loss = generator_loss
+        self.overlap = bool(overlap)
+        self._worker = None       # the second thread of overlap=True, started on first use
+        self._fake_twin = None    # (fake score, its eval-mode twin sharing its tensors)
         self._bin_names = bin_labels(cfg.gap_bins)
         self.rng = torch.Generator(device=self.device).manual_seed(int(cfg.seed))
         self.cur_step = 0
@@ -699,6 +717,7 @@ class Refiner:
         optimisers step after the step's checks have been read."""
         z, c = self._latents()
         step_seed, dropout_seed = self._draw_seeds(2)
+        overlapped = self.overlap_active and not self._shares_fake_forward()
         try:
             with _global_rng_scope(step_seed, self.device):
                 x0 = self._generator_forward(z, c)
@@ -718,6 +737,29 @@ class Refiner:
                     checks.add(fake_loss, "the fake-score loss", self._updated)
                     g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
                                             "generator")
+                elif self.overlap_active:
+                    # The fake score's branch goes to the worker thread, the one thread drawing
+                    # random numbers (dropout) until it is joined; this thread calls the teacher
+                    # and the eval-mode twin of the fake score (no dropout, no gradients).
+                    threads = torch.get_num_threads()
+                    half = max(1, threads // 2)  # the two branches share the intra-op threads
+                    torch.set_num_threads(half)
+                    branch = self._start_worker(self._fake_score_branch, half, x0.detach(), sigma, noise, c)
+                    try:
+                        with self._autocast():
+                            gen_ps, figs = self._generator_loss(self._fake_eval_twin(), self._teacher_call,
+                                                                x0, sigma, noise, c)
+                        gen_loss = gen_ps.float().mean()
+                        checks.add(x0, "the generator output", self._updated)
+                        checks.add(gen_loss, "the generator loss", self._updated)
+                        g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G,
+                                                checks, "generator")
+                    finally:
+                        concurrent.futures.wait([branch])  # never leave the worker running
+                        torch.set_num_threads(threads)
+                    fake_loss, fake_figs, f_norm, fake_checks = branch.result()
+                    figs = dict(figs, **fake_figs)
+                    checks.extend(fake_checks)
                 else:
                     self.fake_score.requires_grad_(False)
                     try:
@@ -749,12 +791,67 @@ class Refiner:
                         self._extra["loss/discriminator"] = d_loss.detach()
                         fake_loss = fake_loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
                     checks.add(fake_loss, "the fake-score loss", self._updated)
-                f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
-                                        checks, "fake-score")
+                if not overlapped:
+                    f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
+                                            checks, "fake-score")
         finally:
             self.teacher.eval()
         gen = dict(loss=gen_loss.detach(), norm=g_norm, gap=figs.get("gap"), sigma=sigma)
         return gen, (fake_loss.detach(), figs["fake_score/mse"].float().mean(), f_norm)
+
+    # ------------------------------------------------------------------ overlap=True
+
+    @property
+    def overlap_active(self):
+        """Whether steps run the fake score's update on a second thread (overlap=True where
+        the results stay the same bit for bit: see the class docstring)."""
+        cfg = self.config
+        return (self.overlap and cfg.update_order == "single-forward" and self.device.type == "cpu"
+                and not self.dist.enabled and not self.compiled and cfg.teacher_mode == "eval"
+                and cfg.loss == "ikl" and self._custom_loss is None and self.adv_head is None)
+
+    def _start_worker(self, fn, *args):
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gan-refine-fake-score")
+        return self._worker.submit(fn, *args)
+
+    def close(self):
+        """Stop the worker thread of overlap=True (also done when the refiner is collected)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    def __del__(self):
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.shutdown(wait=False)
+
+    def _fake_eval_twin(self):
+        """The fake score in eval mode for the generator's loss while the worker thread trains
+        it: a second module tree over the very same parameter and buffer tensors, so that the
+        two threads do not share the modules' train/eval flags."""
+        if self._fake_twin is None or self._fake_twin[0] is not self.fake_score:
+            shared = {id(t): t for t in list(self.fake_score.parameters()) + list(self.fake_score.buffers())}
+            twin = copy.deepcopy(self.fake_score, memo=shared).eval()
+            self._fake_twin = (self.fake_score, twin)
+        return self._fake_twin[1]
+
+    def _fake_score_branch(self, threads, x0, sigma, noise, c):
+        """The fake score's loss and gradient on the detached sample, on the worker thread
+        (grad mode, autocast and the intra-op thread count are per thread: set here). The
+        optimiser steps later, on the caller's thread, after the step's checks."""
+        torch.set_num_threads(threads)
+        checks = _Checks()
+        with torch.enable_grad():
+            self.fake_score.train()
+            with self._autocast(), self._checkpointing("fake-score"):
+                fake_ps, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
+                                                       self.sigma_data, self.augment_pipe)
+            fake_loss = fake_ps.float().mean()
+            checks.add(fake_loss, "the fake-score loss", self._updated)
+            f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
+                                    checks, "fake-score")
+        return fake_loss.detach(), figs, f_norm, checks
 
     def _gather_stats(self, gen, fake, checks):
         """Losses (means over the global batch), gradient norms, the mean gap |D_phi - D_T|
@@ -859,7 +956,8 @@ class Refiner:
             "kimg": self.cur_nimg / 1000,
             "start_from": self.gen_key,
             # How it ran: settings that change speed and memory, not the result.
-            "execution": {"compile": self.compiled, "activation_checkpointing": sorted(self.checkpointing)},
+            "execution": {"compile": self.compiled, "activation_checkpointing": sorted(self.checkpointing),
+                          "overlap": self.overlap_active},
         }
         meta.update(extra)
         return meta

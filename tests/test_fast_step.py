@@ -122,11 +122,14 @@ def test_single_forward_with_train_mode_calls_the_fake_score_once_with_the_teach
 
 @pytest.mark.parametrize("teacher_mode", ["eval", "train"])
 def test_single_forward_also_pulls_the_generator_to_the_analytic_teacher(teacher_mode):
-    # Looser than the official order's d0 / 8: on this toy, at these large learning rates, the
-    # fake score's one-step lag behind the generator costs accuracy (0.24 vs 0.08 at 300 steps).
+    # Longer and looser than the official order's d0 / 8 at 300 steps: on this toy, at these
+    # large learning rates, the fake score's one-step lag behind the generator slows it down and
+    # makes it noisier, and the figure moves with the CPU's floating-point paths: seed 0 gave
+    # 0.24 at 300 steps on one CPU model and 0.41 on another; on the latter, seeds 0-3 gave
+    # 0.22-0.53 at 300 steps and 0.10-0.31 at 450 (d0 / 4 = 0.37).
     r = Refiner(*toy_pair(), **dict(TOY, update_order="single-forward", teacher_mode=teacher_mode))
     d0 = distance_to_truth(r.G_ema)
-    r.run(steps=300)
+    r.run(steps=450)
     assert distance_to_truth(r.G_ema) < d0 / 4
 
 
@@ -194,9 +197,11 @@ class _NaNAtLargeSigma(GMMDenoiser):
         return torch.where(sigma.reshape(-1, 1, 1, 1) > 1, float("nan"), out)
 
 
-@pytest.mark.parametrize("order", ["official", "single-forward"])
-def test_nan_on_the_first_step_blames_the_inputs_and_undoes_the_warmup(order):
-    r = Refiner(*toy_pair(teacher=_NaNAtLargeSigma()), **dict(TOY, fake_warmup=3, update_order=order))
+@pytest.mark.parametrize("order, overlap", [("official", False), ("single-forward", False),
+                                            ("single-forward", True)])
+def test_nan_on_the_first_step_blames_the_inputs_and_undoes_the_warmup(order, overlap):
+    r = Refiner(*toy_pair(teacher=_NaNAtLargeSigma()), overlap=overlap,
+                **dict(TOY, fake_warmup=3, update_order=order))
     before = _tensors(r)
     # The fake score copies the teacher: the first fake-score loss is the first bad value.
     with pytest.raises(NonFiniteError, match="fake-score loss is NaN/inf at step 1; this happened before"):
@@ -300,3 +305,46 @@ def test_bad_execution_options_are_refused():
         Refiner(*toy_pair(), activation_checkpointing=["gpu"])
     with pytest.raises(ValueError, match="do not combine"):
         Refiner(*toy_pair(), compile=True, activation_checkpointing="all")
+
+
+# ---------------------------------------------------------------------------- overlap
+
+@pytest.mark.parametrize("kw", [dict(), dict(augment=0.5), dict(fake_updates=2)])
+def test_overlap_changes_nothing_but_speed(tiny_pkls, kw):
+    """The fake score's update on the worker thread gives the serial single-forward step's
+    weights, optimiser states and statistics bit for bit. The teacher and its copy hold dropout
+    and the generator StyleGAN noise, so a random draw made on the wrong thread, or the fake
+    score called in the wrong mode, shows."""
+    gen, teacher = tiny_pkls
+    cfg = dict(batch=4, device="cpu", lr_gen=1e-3, lr_fake=1e-3, update_order="single-forward", **kw)
+    a = Refiner(load_network_pkl(gen), load_network_pkl(teacher), **cfg)
+    b = Refiner(load_network_pkl(gen), load_network_pkl(teacher), overlap=True, **cfg)
+    assert b.overlap_active and not a.overlap_active
+    start = _tensors(a)
+    for _ in range(3):
+        sa, sb = a.step(), b.step()
+    assert _same_state(_tensors(a), _tensors(b)) == []
+    after = _tensors(b)
+    moved = [k for k in start if k.startswith(("/G/", "/fake_score/")) and not torch.equal(start[k], after[k])]
+    assert len(moved) > 10, moved  # and the networks did move
+    timing = {"sec_per_step", "images_per_sec"}
+    assert {k: v for k, v in sa.items() if k not in timing} == {k: v for k, v in sb.items() if k not in timing}
+    # The eval twin computes over the fake score's own tensors, not copies of them.
+    twin = b._fake_eval_twin()
+    assert all(p is q for p, q in zip(twin.parameters(), b.fake_score.parameters()))
+    assert not twin.training and b.metadata()["execution"]["overlap"] is True
+    b.close()
+    b.step()  # a closed refiner starts a new worker when it needs one
+
+
+@pytest.mark.parametrize("kw", [dict(update_order="official"), dict(teacher_mode="train"),
+                                dict(loss="sid")])
+def test_overlap_is_not_used_where_it_would_change_the_result(kw):
+    """Where the teacher draws dropout masks (train mode), the generator's loss sends gradients
+    through the networks (SiD), or the order is the official one, the step runs serially."""
+    cfg = dict(TOY, update_order="single-forward")
+    cfg.update(kw)
+    r = Refiner(*toy_pair(), overlap=True, **cfg)
+    assert not r.overlap_active
+    r.step()
+    assert r._worker is None
