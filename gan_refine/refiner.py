@@ -205,7 +205,7 @@ class Refiner:
             pass instead of being kept, for batches that do not fit: any of 'generator',
             'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
             results are the same bit for bit; a step costs about one more forward of each.
-        overlap: with update_order='single-forward', run the fake score's update (its
+        config.overlap: with update_order='single-forward', run the fake score's update (its
             training forward and backward) on a second CPU thread while this one runs the
             teacher's forward, the fake score's eval forward and the generator's backward. The
             results are the same bit for bit as without it (only one thread draws random
@@ -225,7 +225,7 @@ class Refiner:
     def __init__(self, generator, teacher, config=None, *, fake_score=None, generator_loss=None,
                  gen_key="G_ema", generator_kwargs=None, teacher_kwargs=None, process_group=None,
                  dist=None, compile=False, activation_checkpointing=(), augment_pipe=None, data=None,
-                 overlap=False, **overrides):
+                 **overrides):
         cfg = config if config is not None else RefineConfig()
         if overrides:
             cfg = cfg.replace(**overrides)
@@ -336,7 +336,7 @@ class Refiner:
                                         sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max,
                                         rho=cfg.rho, t_max=cfg.t_max)
         self._custom_loss = generator_loss
-        self.overlap = bool(overlap)
+        self.overlap = bool(cfg.overlap)
         self._worker = None       # the second thread of overlap=True, started on first use
         self._fake_twin = None    # (fake score, its eval-mode twin sharing its tensors)
         self._bin_names = bin_labels(cfg.gap_bins)
