@@ -72,15 +72,8 @@ def main():
                 [float(v) for v in args.emas.split(",") if v]}
 
         def update_emas():
-            # The Refiner's own rule (EDM's), at another ramp-up.
-            for name, ema in emas.items():
-                ema_nimg = min(r.config.ema_kimg * 1000, r.cur_nimg * float(name[3:]))
-                beta = 0.5 ** (r.config.batch / max(ema_nimg, 1e-8))
-                with torch.no_grad():
-                    for p_ema, p in zip(ema.parameters(), r.G.parameters()):
-                        p_ema.copy_(p.detach().lerp(p_ema, beta))
-                    for b_ema, b_ in zip(ema.buffers(), r.G.buffers()):
-                        b_ema.copy_(b_)
+            for name, ema in emas.items():  # the Refiner's own rule, at another ramp-up
+                r.update_ema(ema, float(name[3:]))
 
         for b in budgets:
             t = time.time()

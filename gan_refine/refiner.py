@@ -516,14 +516,21 @@ class Refiner:
     def _update_ema(self):
         if not self.dist.is_main:
             return  # the EMA is rank 0's; sync_ema() shares it when every rank needs it
+        self.update_ema(self.G_ema, self.config.ema_rampup)
+
+    @torch.no_grad()
+    def update_ema(self, ema, rampup):
+        """One EMA update of `ema` (a copy of G) towards G after cur_nimg images, with the
+        configured half-life and the given ramp-up (the EDM training loop's formula); the
+        refiner's own G_ema uses config.ema_rampup, and callers may keep more of them."""
         cfg = self.config
         ema_nimg = cfg.ema_kimg * 1000
-        if cfg.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, self.cur_nimg * cfg.ema_rampup)
+        if rampup > 0:
+            ema_nimg = min(ema_nimg, self.cur_nimg * rampup)
         beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+        for p_ema, p in zip(ema.parameters(), self.G.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+        for b_ema, b in zip(ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
     # ------------------------------------------------------------------ the step
