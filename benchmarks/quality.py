@@ -10,8 +10,9 @@ figure set of benchmarks/digits_eval.py (precision and recall in the digits dete
 and in raw pixels, FID against the held-out split, class balance, near-duplicates). Writes
 <out>.json and <out>.md; --log keeps every figure as it is measured.
 
-The method settings are the `digits` preset (gan_refine.config.PRESETS) unless flags or --set
-change them, so the preset and this benchmark cannot drift apart.
+The method settings are the pair's preset (gan_refine.config.PRESETS: `digits` for the
+unconditional pair, `digits-cond` for the conditional one, or --preset) unless flags or --set
+change them, so the presets and this benchmark cannot drift apart.
 
     python benchmarks/quality.py                 # the table of docs/benchmarks.md (about 1 hour on 2 cores)
     python benchmarks/quality.py --quick         # a smaller version: a few minutes
@@ -192,7 +193,8 @@ def _fmt(s, digits=3):
 def markdown(results, meta):
     lines = [f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['date']}; {meta['num']} generated "
              f"images per figure vs {meta['num_ref']} training images; refinement settings {meta['method']}; "
-             f"{meta['seeds']} refinement seeds (mean ± std); data term: {meta['data']}.", "",
+             f"{meta['seeds']} refinement seed(s) from {meta.get('first_seed', 0)} (mean ± std); data term: "
+             f"{meta['data']}.", "",
              f"Command: `{meta['command']}`", ""]
     floor = results["floor"]
     lines += [f"Floor (the {meta['num_test']} held-out images vs the training images): FID {floor['fid']:.3f}, "
@@ -254,6 +256,9 @@ def main():
     ap.add_argument("--teacher-mode", choices=["eval", "train"], default=None)
     ap.add_argument("--update-order", choices=["official", "single-forward"], default=None)
     ap.add_argument("--set", default="", help="further method settings, 'key=value key=value' (RefineConfig fields)")
+    ap.add_argument("--preset", default="auto", choices=["auto"] + sorted(PRESETS),
+                    help="settings bundle to start from ('auto': digits, and digits-cond for the cond pair)")
+    ap.add_argument("--first-seed", type=int, default=0, help="refinement seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--plain", action="store_true",
                     help="start from Diff-Instruct's plain IKL settings of the earlier quality runs "
                          "(no DMD normalisation, no augmentation) instead of the digits preset")
@@ -278,33 +283,39 @@ def main():
         args.budgets, args.seeds, args.num, args.eval_seeds = "3,6", 1, 300, 1
         args.ablation_seeds = 1
     budgets = [int(b) for b in args.budgets.split(",")]
-    method = dict(PRESETS["digits"]["method"])
-    if args.plain:
-        method.update(normalize="none", augment=0.0)
-    for flag, key in (("batch", "batch"), ("lr_gen", "lr_gen"), ("lr_fake", "lr_fake"),
-                      ("fake_warmup", "fake_warmup"), ("p_mean", "P_mean"), ("teacher_mode", "teacher_mode"),
-                      ("update_order", "update_order")):
-        if getattr(args, flag) is not None:
-            method[key] = getattr(args, flag)
-    method.update(parse_set(args.set))
-    if args.data == "train" and not method.get("data_weight"):
-        method["data_weight"] = 3e-3
-    if args.quick:
-        method["fake_warmup"] = min(method.get("fake_warmup", 0), 5)
+    def settings(pair):
+        name = args.preset if args.preset != "auto" else ("digits-cond" if pair == "cond" else "digits")
+        method = dict(PRESETS[name]["method"])
+        if args.plain:
+            method.update(normalize="none", augment=0.0, loss="ikl")
+        for flag, key in (("batch", "batch"), ("lr_gen", "lr_gen"), ("lr_fake", "lr_fake"),
+                          ("fake_warmup", "fake_warmup"), ("p_mean", "P_mean"), ("teacher_mode", "teacher_mode"),
+                          ("update_order", "update_order")):
+            if getattr(args, flag) is not None:
+                method[key] = getattr(args, flag)
+        method.update(parse_set(args.set))
+        if args.data == "train" and not method.get("data_weight"):
+            method["data_weight"] = 3e-3
+        if args.quick:
+            method["fake_warmup"] = min(method.get("fake_warmup", 0), 5)
+        return method
+    pairs = args.pairs.split(",")
+    methods = {kind: settings(kind) for kind in pairs}
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
         "cpu" if args.device == "auto" else args.device)
     jobs_n = args.jobs or (1 if device.startswith("cuda") else max(1, os.cpu_count() or 1))
     t_all = time.time()
 
     jobs = [dict(kind="floor", pair=None)]
-    pairs = args.pairs.split(",")
     for kind in pairs:
+        method = methods[kind]
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
         for k in range(args.eval_seeds):
             jobs += [dict(kind="teacher", pair=kind, image_set=k), dict(kind="start", pair=kind, image_set=k)]
         if args.references_only:
             continue
         if not args.ablation_only:
-            jobs += [dict(kind="refine", pair=kind, label="refined", seed=s, method=method) for s in range(args.seeds)]
+            jobs += [dict(kind="refine", pair=kind, label="refined", seed=s, method=method) for s in seeds]
         ab = ABLATIONS[args.ablation]
         if ab is not None and kind in args.ablation_pairs.split(","):
             jobs += [dict(kind="refine", pair=kind, label=ab[0], seed=s, method=dict(method, **ab[1]))
@@ -320,7 +331,7 @@ def main():
         if args.log:
             _log_line(args.log, {"message": line})
 
-    say(f"{len(jobs)} jobs on {jobs_n} worker(s); settings {method}")
+    say(f"{len(jobs)} jobs on {jobs_n} worker(s); settings {methods}")
     done = []
     if jobs_n == 1:
         _init_worker(args.threads)
@@ -359,8 +370,8 @@ def main():
     machine = (torch.cuda.get_device_name(0) if device.startswith("cuda")
                else f"{platform.processor() or platform.machine()} CPU, {jobs_n} worker(s) x {args.threads} thread(s)")
     meta = {"machine": machine, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "num": args.num,
-            "num_ref": len(x_train), "num_test": len(x_test), "method": method, "budgets": budgets,
-            "seeds": args.seeds, "eval_seeds": args.eval_seeds, "data": args.data,
+            "num_ref": len(x_train), "num_test": len(x_test), "method": methods, "budgets": budgets,
+            "seeds": args.seeds, "first_seed": args.first_seed, "eval_seeds": args.eval_seeds, "data": args.data,
             "command": " ".join(["python", "benchmarks/quality.py"] + sys.argv[1:]),
             "total_seconds": time.time() - t_all}
     md = markdown(results, meta)

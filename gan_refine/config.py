@@ -205,6 +205,12 @@ PRESETS = {
         method=dict(batch=32, lr_gen=8e-3, lr_fake=1e-3, fake_warmup=300, P_mean=0.0, normalize="dmd",
                     ema_rampup=0.1)),
 }
+# The conditional digits pair: the same, with SiD's generator loss, which helped there (and was
+# neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md).
+PRESETS["digits-cond"] = dict(
+    about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
+          "generator loss (alpha 1.2)",
+    method=dict(PRESETS["digits"]["method"], loss="sid"))
 
 
 # Method settings a resumed run may change without breaking the run it continues.
