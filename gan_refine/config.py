@@ -250,8 +250,9 @@ class RunConfig:
     dist_timeout: float = _opt(900.0, "Seconds a process of a torchrun run waits for the others before "
                                       "it fails with an error.")
     preset: Optional[str] = _opt(None, "A named bundle of method settings: paper-cifar10 (the official "
-                                       "Diff-Instruct values) or digits (the best measured on the shipped "
-                                       "digits pairs); options given explicitly win.")
+                                       "Diff-Instruct values), digits (the best measured on the shipped "
+                                       "unconditional digits pair) or digits-cond (the same with SiD's loss, "
+                                       "best on the conditional pair); options given explicitly win.")
     data: Optional[str] = _opt(None, "Real training images for --data-weight: an image folder, a "
                                      "StyleGAN/EDM dataset zip (labels from its dataset.json) or a .npy/.npz "
                                      "array; only read. Give the training split only.")
