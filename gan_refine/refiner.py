@@ -812,10 +812,21 @@ class Refiner:
     def overlap_active(self):
         """Whether steps run the fake score's update on a second thread (overlap=True where
         the results stay the same bit for bit: see the class docstring)."""
+        return self.overlap and self.overlap_unused_reason() is None
+
+    def overlap_unused_reason(self):
+        """Why overlap=True is not used with these settings (a phrase), or None if it is."""
         cfg = self.config
-        return (self.overlap and cfg.update_order == "single-forward" and self.device.type == "cpu"
-                and not self.dist.enabled and not self.compiled and cfg.teacher_mode == "eval"
-                and cfg.loss == "ikl" and self._custom_loss is None and self.adv_head is None)
+        for bad, why in ((cfg.update_order != "single-forward", "it needs update_order single-forward"),
+                         (self.device.type != "cpu", "it is built for CPU only"),
+                         (self.dist.enabled, "it runs on one process only"),
+                         (self.compiled, "it does not combine with compile"),
+                         (cfg.teacher_mode != "eval", "the train-mode teacher draws dropout masks"),
+                         (cfg.loss != "ikl" or self._custom_loss is not None, "it needs the IKL loss"),
+                         (self.adv_head is not None, "the data term calls the fake score on both threads")):
+            if bad:
+                return why
+        return None
 
     def _start_worker(self, fn, *args):
         if self._worker is None:

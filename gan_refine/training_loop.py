@@ -377,6 +377,9 @@ def _launch(run, dist, device, state, dry_run, progress, generator, teacher, con
     elif refiner.data is not None:
         console.say(f"Real-data term: {len(refiner.data)} images from {run.data}, weight "
                     f"{run.refine.data_weight} (discriminator loss weight {run.refine.data_d_weight})")
+    if run.refine.overlap and not refiner.overlap_active:
+        console.say(f"Note: --overlap is not used in this run ({refiner.overlap_unused_reason()}); "
+                    f"the steps run serially, with the same results")
 
     writer = RunOutputs(refiner, run_dir, run, run_info, evaluation, dist, console)
     try:

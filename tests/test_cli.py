@@ -403,3 +403,17 @@ def test_resumed_run_keeps_its_preset_and_its_own_values(pkls, tmp_path):
     cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
     assert cfg["preset"] == "digits" and cfg["refine"]["batch"] == 4 and cfg["refine"]["lr_gen"] == PRESETS["digits"]["method"]["lr_gen"]
     assert cfg["sources"]["batch"] == "resumed state" and cfg["outdir"] == str(tmp_path / "runs")
+
+
+def test_overlap_runs_and_says_when_it_cannot_be_used(pkls, tmp_path):
+    common = ["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--batch", 4, "--kimg", 0.008,
+              "--grid", 0, "--device", "cpu", "--overlap"]
+    r = invoke(common + ["--outdir", tmp_path / "a"])
+    assert r.exit_code == 0, r.output
+    assert "Note: --overlap is not used in this run (it needs update_order single-forward)" in r.output
+    r = invoke(common + ["--update-order", "single-forward", "--outdir", tmp_path / "b"])
+    assert r.exit_code == 0, r.output
+    assert "--overlap is not used" not in r.output
+    (run,) = run_dirs(tmp_path / "b")
+    with open(os.path.join(run, "refine_options.json")) as f:
+        assert json.load(f)["refine"]["overlap"] is True

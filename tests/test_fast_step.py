@@ -337,14 +337,14 @@ def test_overlap_changes_nothing_but_speed(tiny_pkls, kw):
     b.step()  # a closed refiner starts a new worker when it needs one
 
 
-@pytest.mark.parametrize("kw", [dict(update_order="official"), dict(teacher_mode="train"),
-                                dict(loss="sid")])
-def test_overlap_is_not_used_where_it_would_change_the_result(kw):
+@pytest.mark.parametrize("kw, why", [(dict(update_order="official"), "single-forward"),
+                                     (dict(teacher_mode="train"), "dropout"), (dict(loss="sid"), "IKL")])
+def test_overlap_is_not_used_where_it_would_change_the_result(kw, why):
     """Where the teacher draws dropout masks (train mode), the generator's loss sends gradients
     through the networks (SiD), or the order is the official one, the step runs serially."""
     cfg = dict(TOY, update_order="single-forward")
     cfg.update(kw)
     r = Refiner(*toy_pair(), overlap=True, **cfg)
-    assert not r.overlap_active
+    assert not r.overlap_active and why in r.overlap_unused_reason()
     r.step()
     assert r._worker is None
