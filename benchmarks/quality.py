@@ -307,9 +307,9 @@ def main():
     t_all = time.time()
 
     jobs = [dict(kind="floor", pair=None)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     for kind in pairs:
         method = methods[kind]
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
         for k in range(args.eval_seeds):
             jobs += [dict(kind="teacher", pair=kind, image_set=k), dict(kind="start", pair=kind, image_set=k)]
         if args.references_only:

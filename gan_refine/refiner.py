@@ -620,22 +620,28 @@ class Refiner:
                 with torch.no_grad(), self._autocast(), self._randomness():
                     x0 = self._G_call(z, c).float()
                 sigma, noise = self._noise(x0)
-                self.fake_score.train()  # trained like its teacher was (dropout on)
-                with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
-                    per_sample, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
-                                                              self.sigma_data, self.augment_pipe)
-                loss = per_sample.float().mean()
-                if self.adv_head is not None:
-                    d_loss = self._discriminator_loss(x0, c)
-                    self._extra["loss/discriminator"] = d_loss.detach()
-                    loss = loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
                 checks.add(x0, "the generator output", self._updated)
-                checks.add(loss, "the fake-score loss", self._updated)
-                norm = self._backward(loss, self.opt_fake, self._f_params, self.scaler_fake, checks,
-                                      "fake-score")
+                loss, figs, norm = self._fake_score_gradient(x0, sigma, noise, c, checks)
                 self._optimizer_step(self.opt_fake, self.scaler_fake)
-            out.append((loss.detach(), figs["fake_score/mse"].float().mean(), norm))
+            out.append((loss, figs["fake_score/mse"].float().mean(), norm))
         return out
+
+    def _fake_score_gradient(self, x0, sigma, noise, c, checks):
+        """The fake score's denoising loss (plus the data term's head loss) on a detached
+        sample, and its gradient; returns (loss, figures, gradient norm). The caller steps the
+        optimiser."""
+        self.fake_score.train()  # trained like its teacher was (dropout on)
+        with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
+            per_sample, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
+                                                      self.sigma_data, self.augment_pipe)
+        loss = per_sample.float().mean()
+        if self.adv_head is not None:
+            d_loss = self._discriminator_loss(x0, c)
+            self._extra["loss/discriminator"] = d_loss.detach()
+            loss = loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
+        checks.add(loss, "the fake-score loss", self._updated)
+        norm = self._backward(loss, self.opt_fake, self._f_params, self.scaler_fake, checks, "fake-score")
+        return loss.detach(), figs, norm
 
     def _scores_for_generator(self, dropout_seed):
         """Fake score and teacher as the generator's loss calls them (in train mode, one shared
@@ -724,7 +730,6 @@ class Refiner:
         optimisers step after the step's checks have been read."""
         z, c = self._latents()
         step_seed, dropout_seed = self._draw_seeds(2)
-        overlapped = self.overlap_active and not self._shares_fake_forward()
         try:
             with _global_rng_scope(step_seed, self.device):
                 x0 = self._generator_forward(z, c)
@@ -744,6 +749,9 @@ class Refiner:
                     checks.add(fake_loss, "the fake-score loss", self._updated)
                     g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
                                             "generator")
+                    f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
+                                            checks, "fake-score")
+                    fake_loss = fake_loss.detach()
                 elif self.overlap_active:
                     # The fake score's branch goes to the worker thread, the one thread drawing
                     # random numbers (dropout) until it is joined; this thread calls the teacher
@@ -764,7 +772,7 @@ class Refiner:
                     finally:
                         concurrent.futures.wait([branch])  # never leave the worker running
                         torch.set_num_threads(threads)
-                    fake_loss, fake_figs, f_norm, fake_checks = branch.result()
+                    fake_checks, (fake_loss, fake_figs, f_norm) = branch.result()
                     figs = dict(figs, **fake_figs)
                     checks.extend(fake_checks)
                 else:
@@ -786,25 +794,12 @@ class Refiner:
                     # The generator's graph goes before the fake score's is built: a lower peak.
                     g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
                                             "generator")
-                    x0 = x0.detach()
-                    self.fake_score.train()
-                    with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
-                        fake_ps, fake_figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
-                                                                    self.sigma_data, self.augment_pipe)
+                    fake_loss, fake_figs, f_norm = self._fake_score_gradient(x0.detach(), sigma, noise, c, checks)
                     figs = dict(figs, **fake_figs)
-                    fake_loss = fake_ps.float().mean()
-                    if self.adv_head is not None:
-                        d_loss = self._discriminator_loss(x0, c)
-                        self._extra["loss/discriminator"] = d_loss.detach()
-                        fake_loss = fake_loss + self._data_scale(x0) * self.config.data_d_weight * d_loss
-                    checks.add(fake_loss, "the fake-score loss", self._updated)
-                if not overlapped:
-                    f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
-                                            checks, "fake-score")
         finally:
             self.teacher.eval()
         gen = dict(loss=gen_loss.detach(), norm=g_norm, gap=figs.get("gap"), sigma=sigma)
-        return gen, (fake_loss.detach(), figs["fake_score/mse"].float().mean(), f_norm)
+        return gen, (fake_loss, figs["fake_score/mse"].float().mean(), f_norm)
 
     # ------------------------------------------------------------------ overlap=True
 
@@ -861,15 +856,7 @@ class Refiner:
         torch.set_num_threads(threads)
         checks = _Checks()
         with torch.enable_grad():
-            self.fake_score.train()
-            with self._autocast(), self._checkpointing("fake-score"):
-                fake_ps, figs = losses.fake_score_loss(self._fake_call, x0, sigma, noise, c,
-                                                       self.sigma_data, self.augment_pipe)
-            fake_loss = fake_ps.float().mean()
-            checks.add(fake_loss, "the fake-score loss", self._updated)
-            f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
-                                    checks, "fake-score")
-        return fake_loss.detach(), figs, f_norm, checks
+            return checks, self._fake_score_gradient(x0, sigma, noise, c, checks)
 
     def _gather_stats(self, gen, fake, checks):
         """Losses (means over the global batch), gradient norms, the mean gap |D_phi - D_T|
