@@ -326,7 +326,7 @@ def configurations(gen_data, teacher_data, batch, device, teacher_mode, with_com
                       ("Refiner, single-forward", dict(update_order="single-forward"))):
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, **kw)
         out[label] = (r.step, refiner_nets(r))
-    if device.type == "cpu" and teacher_mode == "eval" and torch.get_num_threads() >= 2:
+    if device.type == "cpu" and torch.get_num_threads() >= 2:
         # The two branches split the intra-op threads: the same cores as the loops above.
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                          update_order="single-forward", overlap=True)

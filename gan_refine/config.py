@@ -101,10 +101,11 @@ class RefineConfig:
                                          "sample, noise levels and noise also train the fake score, both "
                                          "networks updating from the same state (DMD2's order; faster).",
                              why="official Diff-Instruct code")
-    overlap: bool = _opt(False, "With --update-order single-forward on CPU: the fake score's update runs "
-                                "on a second thread beside the teacher's forward and the generator's "
-                                "backward, each branch on half of torch's threads; the same numbers bit "
-                                "for bit, faster (not with --teacher-mode train, --loss sid or --data).")
+    overlap: bool = _opt(False, "With --update-order single-forward on CPU: the fake score's update (with "
+                                "--teacher-mode train: its backward) runs on a second thread beside the "
+                                "teacher's forward and the generator's backward, each branch on half of "
+                                "torch's threads; the same numbers bit for bit, faster (not with --loss "
+                                "sid, --data, activation checkpointing, or --augment in train mode).")
     UPDATE_ORDERS = ("official", "single-forward")  # a class constant, not a field
 
     def __post_init__(self):

@@ -13,7 +13,8 @@ convention, see adapters); x = x0 + sigma * noise.
 import torch
 
 __all__ = ["edm_weight", "gradient_surrogate", "fake_score_loss", "ikl_generator_loss",
-           "ikl_and_fake_score_loss", "sid_generator_loss", "GENERATOR_LOSSES", "per_sample_mean_abs"]
+           "ikl_and_fake_score_loss", "shared_fake_forward", "shared_ikl_terms",
+           "sid_generator_loss", "GENERATOR_LOSSES", "per_sample_mean_abs"]
 
 # Guards the per-sample normalisers of DMD and SiD against a zero denominator (SiD's value).
 NORMALISER_FLOOR = 1e-5
@@ -115,17 +116,31 @@ def ikl_and_fake_score_loss(fake_score, teacher, x0, sigma, noise, c, sigma_data
     ikl_generator_loss and fake_score_loss on the same inputs, provided the fake score computes
     the same in both (same mode, same dropout mask). The fake score is called once, with
     gradients for its parameters only (x0 is detached in its input); the teacher once, without
-    gradients.
+    gradients. The two halves, shared_fake_forward and shared_ikl_terms, can be called apart
+    (the fake score's backward may run while the teacher is called).
     """
+    x, d_fake, fake_per_sample, fake_figs = shared_fake_forward(fake_score, x0, sigma, noise, c, sigma_data)
+    gen_per_sample, figs = shared_ikl_terms(teacher, d_fake, x, x0, sigma, c, normalize)
+    return gen_per_sample, fake_per_sample, dict(figs, **fake_figs)
+
+
+def shared_fake_forward(fake_score, x0, sigma, noise, c, sigma_data):
+    """First half of ikl_and_fake_score_loss: x, the fake score's output D_phi(x) (with its
+    graph), and the fake score's per-sample loss and figures."""
     s = _expand(sigma, x0)
     x0_d = x0.detach()
     x = x0_d + s * noise
     d_fake = fake_score(x, sigma, c).to(x0.dtype)
+    fake_per_sample, fake_figs = _fake_score_terms(d_fake, x0_d, sigma, sigma_data)
+    return x, d_fake, fake_per_sample, fake_figs
+
+
+def shared_ikl_terms(teacher, d_fake, x, x0, sigma, c, normalize="none"):
+    """Second half of ikl_and_fake_score_loss: the teacher at the same x (no gradients) and the
+    IKL generator terms with the fake score's output of the first half (detached)."""
     with torch.no_grad():
         d_teacher = teacher(x, sigma, c).to(x0.dtype)
-    gen_per_sample, figs = _ikl_terms(d_fake.detach(), d_teacher, x0, normalize)
-    fake_per_sample, fake_figs = _fake_score_terms(d_fake, x0_d, sigma, sigma_data)
-    return gen_per_sample, fake_per_sample, dict(figs, **fake_figs)
+    return _ikl_terms(d_fake.detach(), d_teacher, x0, normalize)
 
 
 def sid_generator_loss(fake_score, teacher, x0, sigma, noise, c, alpha=1.2):

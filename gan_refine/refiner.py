@@ -205,16 +205,20 @@ class Refiner:
             pass instead of being kept, for batches that do not fit: any of 'generator',
             'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
             results are the same bit for bit; a step costs about one more forward of each.
-        config.overlap: with update_order='single-forward', run the fake score's update (its
-            training forward and backward) on a second CPU thread while this one runs the
-            teacher's forward, the fake score's eval forward and the generator's backward. The
-            results are the same bit for bit as without it (only one thread draws random
-            numbers meanwhile); the step takes the longer of the two branches instead of their
-            sum. Used where that holds: one process on CPU, teacher_mode 'eval', the IKL loss,
-            no data term, not compiled (elsewhere the step runs as without it;
-            `overlap_active` says which). Each branch gets half of torch's intra-op threads
-            during the step, at least one: with one thread, overlap uses a second core.
-            Speed figures: docs/benchmarks.md, "Step speed".
+        config.overlap: with update_order='single-forward', run part of the fake score's
+            update on a second CPU thread. With teacher_mode 'eval' the worker runs the fake
+            score's training forward and backward while this thread runs the teacher's forward,
+            the fake score's eval forward and the generator's backward; with teacher_mode
+            'train' (one fake-score forward for both losses) the worker runs the fake score's
+            backward while this thread runs the teacher's forward and the generator's backward.
+            The results are the same bit for bit as without it (only one thread draws random
+            numbers meanwhile); the overlapped part takes the longer of its two branches
+            instead of their sum. Used where that holds: one process on CPU, the IKL loss, no
+            data term, no --augment with teacher_mode 'train', not compiled, no activation
+            checkpointing (elsewhere the step runs as without it; `overlap_active` says
+            which). Each branch gets half of torch's intra-op threads during the overlapped
+            part, at least one: with one thread, overlap
+            uses a second core. Speed figures: docs/benchmarks.md, "Step speed".
         augment_pipe: with config.augment > 0, the teacher's augmentation pipe (images ->
             (images, augment labels)) when `teacher` is not the pickle dict that holds it.
         data: with config.data_weight > 0, the real training images of the data term: a path
@@ -740,17 +744,39 @@ class Refiner:
                     fake = _SharedDropout(self._fake_call, dropout_seed, self.device)
                     teacher = _SharedDropout(self._teacher_call, dropout_seed, self.device)
                     with self._autocast(), self._randomness(), self._checkpointing("fake-score"):
-                        gen_ps, fake_ps, figs = losses.ikl_and_fake_score_loss(
-                            fake, teacher, x0, sigma, noise, c, self.sigma_data,
-                            normalize=self.config.normalize)
-                    gen_loss, fake_loss = gen_ps.float().mean(), fake_ps.float().mean()
+                        x, d_fake, fake_ps, figs = losses.shared_fake_forward(fake, x0, sigma, noise, c,
+                                                                               self.sigma_data)
+                    fake_loss = fake_ps.float().mean()
                     checks.add(x0, "the generator output", self._updated)
-                    checks.add(gen_loss, "the generator loss", self._updated)
                     checks.add(fake_loss, "the fake-score loss", self._updated)
-                    g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
-                                            "generator")
-                    f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
-                                            checks, "fake-score")
+                    threads = torch.get_num_threads()
+                    branch = None
+                    if self.overlap_active:
+                        # The fake score's backward (no random draws) goes to the worker thread
+                        # while this one calls the teacher, with its dropout mask, and runs the
+                        # generator's backward: the two graphs share nothing.
+                        half = max(1, threads // 2)
+                        torch.set_num_threads(half)
+                        branch = self._start_worker(self._fake_backward_branch, half, fake_loss)
+                    try:
+                        with self._autocast(), self._randomness():
+                            gen_ps, gen_figs = losses.shared_ikl_terms(teacher, d_fake, x, x0, sigma, c,
+                                                                       normalize=self.config.normalize)
+                        figs.update(gen_figs)
+                        gen_loss = gen_ps.float().mean()
+                        checks.add(gen_loss, "the generator loss", self._updated)
+                        g_norm = self._backward(gen_loss, self.opt_G, self._g_params, self.scaler_G, checks,
+                                                "generator")
+                    finally:
+                        if branch is not None:
+                            concurrent.futures.wait([branch])  # never leave the worker running
+                            torch.set_num_threads(threads)
+                    if branch is None:
+                        f_norm = self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake,
+                                                checks, "fake-score")
+                    else:
+                        fake_checks, f_norm = branch.result()
+                        checks.extend(fake_checks)
                     fake_loss = fake_loss.detach()
                 elif self.overlap_active:
                     # The fake score's branch goes to the worker thread, the one thread drawing
@@ -816,9 +842,13 @@ class Refiner:
                          (self.device.type != "cpu", "it is built for CPU only"),
                          (self.dist.enabled, "it runs on one process only"),
                          (self.compiled, "it does not combine with compile"),
-                         (cfg.teacher_mode != "eval", "the train-mode teacher draws dropout masks"),
+                         (bool(self.checkpointing), "activation checkpointing replays random draws "
+                                                    "in the backward pass, on either thread"),
                          (cfg.loss != "ikl" or self._custom_loss is not None, "it needs the IKL loss"),
-                         (self.adv_head is not None, "the data term calls the fake score on both threads")):
+                         (self.adv_head is not None, "the data term calls the fake score on both threads"),
+                         (cfg.teacher_mode != "eval" and not self._shares_fake_forward(),
+                          "with --augment the train-mode teacher and the fake score would draw dropout "
+                          "masks on two threads at once")):
             if bad:
                 return why
         return None
@@ -848,6 +878,14 @@ class Refiner:
             twin = copy.deepcopy(self.fake_score, memo=shared).eval()
             self._fake_twin = (self.fake_score, twin)
         return self._fake_twin[1]
+
+    def _fake_backward_branch(self, threads, fake_loss):
+        """The fake score's backward from a loss built on the calling thread (the shared
+        forward of teacher mode train), on the worker thread; returns (checks, gradient norm)."""
+        torch.set_num_threads(threads)
+        checks = _Checks()
+        return checks, self._backward(fake_loss, self.opt_fake, self._f_params, self.scaler_fake, checks,
+                                      "fake-score")
 
     def _fake_score_branch(self, threads, x0, sigma, noise, c):
         """The fake score's loss and gradient on the detached sample, on the worker thread

@@ -309,12 +309,14 @@ def test_bad_execution_options_are_refused():
 
 # ---------------------------------------------------------------------------- overlap
 
-@pytest.mark.parametrize("kw", [dict(), dict(augment=0.5), dict(fake_updates=2)])
+@pytest.mark.parametrize("kw", [dict(), dict(augment=0.5), dict(fake_updates=2), dict(teacher_mode="train"),
+                                dict(teacher_mode="train", fake_updates=2)])
 def test_overlap_changes_nothing_but_speed(tiny_pkls, kw):
-    """The fake score's update on the worker thread gives the serial single-forward step's
-    weights, optimiser states and statistics bit for bit. The teacher and its copy hold dropout
-    and the generator StyleGAN noise, so a random draw made on the wrong thread, or the fake
-    score called in the wrong mode, shows."""
+    """The fake score's update (eval teacher) or backward (train-mode teacher, one shared
+    forward) on the worker thread gives the serial single-forward step's weights, optimiser
+    states and statistics bit for bit. The teacher and its copy hold dropout and the generator
+    StyleGAN noise, so a random draw made on the wrong thread, or the fake score called in the
+    wrong mode, shows."""
     gen, teacher = tiny_pkls
     cfg = dict(batch=4, device="cpu", lr_gen=1e-3, lr_fake=1e-3, update_order="single-forward", **kw)
     a = Refiner(load_network_pkl(gen), load_network_pkl(teacher), **cfg)
@@ -338,13 +340,19 @@ def test_overlap_changes_nothing_but_speed(tiny_pkls, kw):
 
 
 @pytest.mark.parametrize("kw, why", [(dict(update_order="official"), "single-forward"),
-                                     (dict(teacher_mode="train"), "dropout"), (dict(loss="sid"), "IKL")])
-def test_overlap_is_not_used_where_it_would_change_the_result(kw, why):
-    """Where the teacher draws dropout masks (train mode), the generator's loss sends gradients
-    through the networks (SiD), or the order is the official one, the step runs serially."""
-    cfg = dict(TOY, update_order="single-forward")
+                                     (dict(teacher_mode="train", augment=0.5), "dropout"),
+                                     (dict(loss="sid"), "IKL"),
+                                     (dict(activation_checkpointing="generator"), "checkpointing")])
+def test_overlap_is_not_used_where_it_would_change_the_result(tiny_pkls, kw, why):
+    """Where both threads would draw random numbers (a train-mode teacher whose fake score sees
+    augmented images, recomputation under activation checkpointing), the generator's loss sends
+    gradients through the networks (SiD), or the order is the official one, the step runs
+    serially."""
+    gen, teacher = tiny_pkls
+    cfg = dict(batch=4, device="cpu", lr_gen=1e-3, lr_fake=1e-3, update_order="single-forward")
+    execution = {k: kw.pop(k) for k in ("activation_checkpointing",) if k in kw}
     cfg.update(kw)
-    r = Refiner(*toy_pair(), overlap=True, **cfg)
+    r = Refiner(load_network_pkl(gen), load_network_pkl(teacher), overlap=True, **execution, **cfg)
     assert not r.overlap_active and why in r.overlap_unused_reason()
     r.step()
     assert r._worker is None
