@@ -99,7 +99,9 @@ class RefineConfig:
                                          "the generator update (Diff-Instruct's loop, bit for bit); "
                                          "'single-forward': one generator forward per step, whose detached "
                                          "sample, noise levels and noise also train the fake score, both "
-                                         "networks updating from the same state (DMD2's order; faster).",
+                                         "networks updating from the same state (DMD2's order; faster, but "
+                                         "worse FID at the digits preset's large generator step: "
+                                         "docs/benchmarks.md, 'Fast path quality').",
                              why="official Diff-Instruct code")
     overlap: bool = _opt(False, "With --update-order single-forward on CPU: the fake score's update (with "
                                 "--teacher-mode train: its backward) runs on a second thread beside the "
