@@ -40,6 +40,10 @@ class RefineConfig:
     lr_gen_halflife_kimg: float = _opt(0.0, "Halve the generator's learning rate every this many kimg "
                                             "(exponential decay from the start); 0 keeps it constant.",
                                        why="official code: constant")
+    lr_rampup_kimg: float = _opt(0.0, "Ramp the generator's learning rate up linearly over this many kimg "
+                                      "(EDM's lr_rampup_kimg; the update after n images uses "
+                                      "lr * min((n + batch) / ramp, 1)); 0 starts at the full rate.",
+                                 why="official code: no ramp-up")
     betas: Tuple[float, float] = _opt((0.0, 0.999), "Adam betas for both networks.",
                                       why="official code (beta1 = 0)")
     adam_eps: float = _opt(1e-8, "Adam epsilon.", why="PyTorch and official code")
@@ -125,6 +129,7 @@ class RefineConfig:
         need(self.batch >= 1, f"batch must be at least 1, got {self.batch}")
         need(self.lr_gen > 0 and self.lr_fake > 0, "learning rates must be positive")
         need(self.lr_gen_halflife_kimg >= 0, "lr_gen_halflife_kimg must be >= 0 (0 = constant)")
+        need(self.lr_rampup_kimg >= 0, "lr_rampup_kimg must be >= 0 (0 = no ramp-up)")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas}")
         need(self.adam_eps > 0, "adam_eps must be positive")

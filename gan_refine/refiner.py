@@ -604,12 +604,17 @@ class Refiner:
 
     def lr_gen_now(self):
         """The generator's learning rate for the update after cur_nimg images: lr_gen, halved every
-        lr_gen_halflife_kimg thousand images when that is set (a function of the counter only,
-        so a resumed run continues the same schedule)."""
+        lr_gen_halflife_kimg thousand images when that is set, and scaled by min((cur_nimg +
+        batch) / ramp, 1) over the first lr_rampup_kimg thousand (so the first update is not
+        wasted at zero). A function of the counter only: a resumed run continues the same
+        schedule."""
         cfg = self.config
-        if cfg.lr_gen_halflife_kimg <= 0:
-            return cfg.lr_gen
-        return cfg.lr_gen * 0.5 ** (self.cur_nimg / (1000 * cfg.lr_gen_halflife_kimg))
+        lr = cfg.lr_gen
+        if cfg.lr_gen_halflife_kimg > 0:
+            lr = lr * 0.5 ** (self.cur_nimg / (1000 * cfg.lr_gen_halflife_kimg))
+        if cfg.lr_rampup_kimg > 0:
+            lr = lr * min((self.cur_nimg + cfg.batch) / (1000 * cfg.lr_rampup_kimg), 1.0)
+        return lr
 
     def _fake_updates(self, n, checks):
         """`n` fake-score updates, each on a fresh no-grad generator sample (docs/design.md,

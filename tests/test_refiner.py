@@ -408,3 +408,21 @@ def test_generator_learning_rate_halves_every_halflife_and_resumes_on_schedule()
     assert r.opt_G.param_groups[0]["lr"] == seen[-1]
     flat = Refiner(g, t, batch=4, lr_gen=1e-3, seed=0, device="cpu")
     assert [flat.step()["lr/generator"] for _ in range(2)] == [1e-3, 1e-3]
+
+
+def test_generator_learning_rate_ramps_up_linearly_then_holds_and_combines_with_the_halflife():
+    g = nets.stylegan2_pkl_dict(res=8, channels=1, seed=0)
+    t = nets.edm_pkl_dict(res=8, channels=1, seed=2)
+    r = Refiner(g, t, batch=4, lr_gen=1e-3, lr_rampup_kimg=0.012, seed=0, device="cpu")
+    seen = [r.step()["lr/generator"] for _ in range(5)]
+    # updates after 0, 4, 8, 12, 16 images: lr * min((n + 4) / 12, 1) = 1/3, 2/3, 1, 1, 1
+    expect = [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3]
+    assert all(abs(a - b) < 1e-15 for a, b in zip(seen, expect)), seen
+    assert r.opt_G.param_groups[0]["lr"] == seen[-1]
+    both = Refiner(g, t, batch=4, lr_gen=1e-3, lr_rampup_kimg=0.008, lr_gen_halflife_kimg=0.008, seed=0,
+                   device="cpu")
+    seen = [both.step()["lr/generator"] for _ in range(3)]
+    expect = [1e-3 * 0.5 ** (n / 8) * min((n + 4) / 8, 1) for n in (0, 4, 8)]
+    assert all(abs(a - b) < 1e-15 for a, b in zip(seen, expect)), seen
+    with pytest.raises(ValueError, match="lr_rampup_kimg"):
+        Refiner(g, t, batch=4, lr_rampup_kimg=-1, device="cpu")
