@@ -26,7 +26,7 @@ from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
-from quality import PAIRS, features, fid_kid, generator_features, parse_set  # noqa: E402
+from quality import PAIRS, cpu_model, features, fid_kid, generator_features, parse_set  # noqa: E402
 
 
 def main():
@@ -51,6 +51,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.steps.split(",")]
+    cpu = cpu_model()
     detector = get_detector("digits", device="cpu")
     x_train, y_train, _, _ = load_digits_split(16)
     ref_feat = features(detector, x_train)
@@ -87,7 +88,7 @@ def main():
                 fid, kid = fid_kid(generator_features(detector, G, args.num), ref_feat)
                 line = dict(pair=args.pair, set=text, data=args.data, teachers=args.teachers,
                             weights=args.weights, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
-                            refine_seconds=round(t_refine, 1), threads=args.threads, date=time.strftime("%Y-%m-%d"))
+                            refine_seconds=round(t_refine, 1), threads=args.threads, cpu=cpu, date=time.strftime("%Y-%m-%d"))
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:
                     f.write(json.dumps(line) + "\n")
