@@ -26,6 +26,7 @@ fresh subprocess per configuration and batch; on CUDA, torch.cuda.max_memory_all
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import os
 import platform
@@ -95,6 +96,17 @@ class OfficialLoop:
         return sigma, torch.randn(x_like.shape, generator=self.rng, device=self.device)
 
     def step(self, replay=None):
+        # The official code (EDM's training loop, which Diff-Instruct's is built on) turns TF32
+        # off for cuDNN and matmuls: fp32 means fp32, as in the Refiner's default precision.
+        cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = cudnn.allow_tf32, mm.allow_tf32
+        cudnn.allow_tf32 = mm.allow_tf32 = False
+        try:
+            return self._step(replay)
+        finally:
+            cudnn.allow_tf32, mm.allow_tf32 = saved
+
+    def _step(self, replay=None):
         take = (lambda kind: next(replay)[1]) if replay is not None else None
         scope = (lambda: seeded(take("seed"), self.device)) if replay is not None else contextlib.nullcontext
         # Fake-score update on a sample drawn without gradients.
@@ -317,7 +329,7 @@ def time_shares(step, nets_of, steps, device):
 
 # ---------------------------------------------------------------------------- configurations
 
-def configurations(gen_data, teacher_data, batch, device, teacher_mode, with_compile=False, ckpt=None):
+def configurations(gen_data, teacher_data, batch, device, teacher_mode, compile_modes=(), ckpt=None):
     """name -> (step function, (G, F, T)) for the official loop and the Refiner's variants."""
     out = {}
     off = OfficialLoop(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode)
@@ -326,19 +338,31 @@ def configurations(gen_data, teacher_data, batch, device, teacher_mode, with_com
                       ("Refiner, single-forward", dict(update_order="single-forward"))):
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, **kw)
         out[label] = (r.step, refiner_nets(r))
+    if device.type == "cuda":  # TF32 convolutions and matmuls: a lever the official loop does not take
+        for label, kw in (("Refiner, official order, tf32", dict(update_order="official")),
+                          ("Refiner, single-forward, tf32", dict(update_order="single-forward"))):
+            r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, precision="tf32", **kw)
+            out[label] = (r.step, refiner_nets(r))
     if device.type == "cpu" and torch.get_num_threads() >= 2:
         # The two branches split the intra-op threads: the same cores as the loops above.
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                          update_order="single-forward", overlap=True)
         out[f"Refiner, single-forward, overlap (2 x {torch.get_num_threads() // 2} threads)"] = (r.step, refiner_nets(r))
-    if with_compile:
-        r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
-                         update_order="single-forward", compile=True)
-        t0 = time.perf_counter()
-        r.step()
-        r.step()  # the second step meets no new mode: compiled graphs are all built
-        out["Refiner, single-forward, compiled"] = (r.step, refiner_nets(r))
-        out["_compile_seconds"] = time.perf_counter() - t0
+    for mode in compile_modes:
+        for order in ("official", "single-forward"):
+            r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
+                             update_order=order, compile=mode)
+            t0 = time.perf_counter()
+            r.step()
+            r.step()  # the second step meets no new mode: compiled graphs are all built
+            r.step()  # CUDA graphs: warmed up, recorded, then replayed from here on
+            sync(device)
+            label = f"Refiner, {'official order' if order == 'official' else order}, compiled ({mode})"
+            failed = sorted({f"{c.name}: {c.failed}" for c in r._compiled.values() if c.failed})
+            if failed:  # a network that failed to compile runs eagerly: say so in the row
+                label += " [fell back to eager: " + "; ".join(failed) + "]"
+            out[label] = (r.step, refiner_nets(r))
+            out.setdefault("_compile_seconds", {})[label] = time.perf_counter() - t0
     if ckpt:
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                          update_order="single-forward", activation_checkpointing=ckpt)
@@ -346,9 +370,10 @@ def configurations(gen_data, teacher_data, batch, device, teacher_mode, with_com
     return out
 
 
-def speed_table(pair, gen_data, teacher_data, batch, device, repeats, teacher_mode, args, log):
-    confs = configurations(gen_data, teacher_data, batch, device, teacher_mode,
-                           with_compile=args.compile)
+def speed_table(pair, gen_data, teacher_data, batch, device, repeats, teacher_mode, args, log, compile_modes=None):
+    if compile_modes is None:
+        compile_modes = ["default"] if args.compile else []
+    confs = configurations(gen_data, teacher_data, batch, device, teacher_mode, compile_modes=compile_modes)
     compile_s = confs.pop("_compile_seconds", None)
     med, raw = interleaved({k: v[0] for k, v in confs.items()}, repeats, device)
     rows = []
@@ -378,7 +403,8 @@ def markdown_speed(t):
                  if sh else ["-"] * 5)
         lines.append(f"| {r['config']} | {r['ms']:.0f} | {r['ratio']:.2f}x | " + " | ".join(cells) + " |")
     if t.get("compile_seconds"):
-        lines.append(f"\nCompiling (first two steps of the compiled Refiner): {t['compile_seconds']:.0f} s")
+        lines.append("\nCompiling (the first three steps of each compiled Refiner): " +
+                     ", ".join(f"{k.split(', ', 1)[1]} {v:.0f} s" for k, v in t["compile_seconds"].items()))
     return "\n".join(lines) + "\n"
 
 
@@ -536,6 +562,11 @@ def memory_table(pair, batches, device, threads, log, configs):
     for config in configs:
         row = {"config": config}
         for b in batches:
+            if device.type == "cuda":  # the allocator's own peak: exact in this process too
+                gc.collect()
+                torch.cuda.empty_cache()
+                row[b] = memory_child(pair, config, b, device)["growth_bytes"]
+                continue
             cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", json.dumps([pair, config, b]),
                    "--device", str(device), "--threads", str(threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -544,7 +575,7 @@ def memory_table(pair, batches, device, threads, log, configs):
             row[b] = json.loads(out.stdout.strip().splitlines()[-1])["growth_bytes"]
         rows.append(row)
     lo, hi = batches[0], batches[-1]
-    what = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+    what = ("torch.cuda.max_memory_allocated over the allocation after building" if device.type == "cuda" else
             "growth of the peak RSS (VmHWM, reset after building the networks), a fresh process each")
     lines = [f"Peak memory over 3 steps ({what}), {pair}, {device}", "",
              "| loop | " + " | ".join(f"batch {b}: MiB (MiB / image)" for b in batches) +
@@ -558,6 +589,73 @@ def memory_table(pair, batches, device, threads, log, configs):
 
 
 # ---------------------------------------------------------------------------- main
+
+@contextlib.contextmanager
+def deterministic_cudnn():
+    """cuDNN's deterministic algorithms in full fp32 for the gradient checks (its default
+    backward-weight algorithms may sum in a different order on each call, and TF32 rounds
+    the convolutions' inputs to 10 mantissa bits, which turns the loops' last-bit differences
+    into 1e-3 ones)."""
+    cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32 = old
+
+
+def cuda_part(args, device, results, log, save):
+    """Everything on the GPU, in the order that matters if the run is cut short: the gradient
+    checks, both pairs at two batches, the batch and memory tables, then the compiled variants
+    (CUDA graphs through torch.compile's 'reduce-overhead' mode)."""
+    t_start = time.time()
+    modes = [m for m in args.compile_modes.split(",") if m]
+    for name in ("recompile_limit", "cache_size_limit"):  # several Refiners compile the same classes
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
+    pairs = {name: load_pair(name) for name in args.cuda_pairs.split(",")}
+    batches = {"digits": [int(b) for b in args.cuda_batches.split(",")], "cifar": [args.cuda_cifar_batch]}
+    sections = set(args.cuda_sections.split(","))
+    for pair, (gen_data, teacher_data) in pairs.items():
+        for mode in ("eval", "train") if "check" in sections else ():
+            with deterministic_cudnn():
+                check = check_same_gradients(gen_data, teacher_data, 4 if pair == "cifar" else args.batch,
+                                             device, mode)
+            log(f"Same gradients on {device}, {pair}, teacher mode {mode} (relative max difference, "
+                f"Refiner's reference order vs official loop, deterministic cuDNN, no TF32): " +
+                ", ".join(f"{k} {v:.1e}" for k, v in check.items()) + "\n")
+            results.setdefault("checks", []).append(dict(pair=pair, device=str(device), teacher_mode=mode, **check))
+            if max(v for k, v in check.items() if not k.startswith("control")) > 1e-3:
+                raise SystemExit(f"the Refiner's reference order and the official loop disagree on {device}")
+        save()
+    for pair, (gen_data, teacher_data) in pairs.items() if "tables" in sections else ():
+        for b in batches[pair]:
+            for mode in ("eval", "train"):
+                results["tables"].append(speed_table(pair, gen_data, teacher_data, b, device, args.repeats,
+                                                     mode, args, log, compile_modes=[]))
+                save()
+    gen_data, teacher_data = pairs.get("digits", (None, None))
+    if "batch" in sections and gen_data is not None:
+        results["batch_table_cuda"] = batch_table(gen_data, teacher_data, [int(b) for b in args.batches.split(",")],
+                                                  device, args.repeats, log)
+        save()
+    if "memory" in sections and not args.no_memory:
+        mb = [int(b) for b in args.memory_batches.split(",")]
+        results["memory_cuda"] = memory_table("digits", mb, device, 1, log, list(MEMORY_CONFIGS))
+        save()
+    for pair in pairs if "compiled" in sections else ():
+        for mode in modes:
+            if time.time() - t_start > args.cuda_budget:
+                log(f"(compiled {pair} / {mode} skipped: past --cuda-budget {args.cuda_budget:.0f} s)\n")
+                continue
+            gen_data, teacher_data = pairs[pair]
+            t = speed_table(pair, gen_data, teacher_data, batches[pair][0], device, args.repeats, "eval", args,
+                            log, compile_modes=[mode])
+            results["tables"].append(t)
+            save()
+            torch._dynamo.reset()
+
 
 def digits_part(args, threads, device, cpu, results, log):
     torch.set_num_threads(threads[0])
@@ -604,6 +702,16 @@ def main():
     ap.add_argument("--cifar-batch", type=int, default=4)
     ap.add_argument("--cifar-repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time the Refiner with compile=True")
+    ap.add_argument("--cuda-only", action="store_true", help="time on the GPU only (the CPU tables skipped)")
+    ap.add_argument("--cuda-batches", default="32,128", help="digits batches of the GPU speed tables")
+    ap.add_argument("--cuda-cifar-batch", type=int, default=32)
+    ap.add_argument("--cuda-pairs", default="digits,cifar")
+    ap.add_argument("--cuda-sections", default="check,tables,batch,memory,compiled",
+                    help="which parts of --cuda-only to run")
+    ap.add_argument("--compile-modes", default="default,reduce-overhead",
+                    help="torch.compile modes timed last in --cuda-only ('' for none)")
+    ap.add_argument("--cuda-budget", type=float, default=420,
+                    help="seconds after which --cuda-only skips the compiled variants not yet started")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="few repeats, one thread, small tables: a smoke run")
@@ -632,6 +740,23 @@ def main():
         f"{', ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}; command: {' '.join(sys.argv)}\n")
 
+    def save():
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out + ".md", "w") as f:
+                f.write("\n".join(report) + "\n")
+            with open(args.out + ".json", "w") as f:
+                json.dump(results, f, indent=1, default=str)
+    if args.cuda_only:
+        if device.type != "cuda":
+            raise SystemExit("--cuda-only needs a CUDA device")
+        log(f"GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+            f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32} (torch's defaults)\n")
+        cuda_part(args, device, results, log, save)
+        log(f"Total: {time.time() - t_all:.0f} s")
+        save()
+        return
     if not args.no_digits:
         digits_part(args, threads, device, cpu, results, log)
     if args.cifar:
@@ -652,11 +777,7 @@ def main():
                 results["tables"].append(speed_table("cifar", gen_data, teacher_data, 32, device,
                                                      args.repeats, mode, args, log))
     log(f"Total: {time.time() - t_all:.0f} s")
-    if args.out:
-        with open(args.out + ".md", "w") as f:
-            f.write("\n".join(report) + "\n")
-        with open(args.out + ".json", "w") as f:
-            json.dump(results, f, indent=1, default=str)
+    save()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 - `CompiledForward`: a network called through `torch.compile` (inductor), compiled on first
   use for each mode it meets (train/eval, with/without gradients) and cached by torch, with a
-  fallback to the eager network, and one warning, if compiling fails.
+  fallback to the eager network, and one warning, if compiling fails. `COMPILE_MODES` are
+  torch.compile's modes; those with CUDA graphs ('reduce-overhead', 'max-autotune') replay
+  each compiled graph as one CUDA graph.
 - `checkpointed_blocks`: activation checkpointing (`torch.utils.checkpoint`) of a network's
   blocks for the duration of a forward pass: their activations are recomputed during the
   backward pass instead of being kept, with the random draws (dropout, StyleGAN noise) replayed.
@@ -18,20 +20,51 @@ import warnings
 import torch
 import torch.utils.checkpoint
 
-__all__ = ["CompiledForward", "checkpointed_blocks", "checkpoint_units", "CHECKPOINT_PARTS"]
+__all__ = ["CompiledForward", "checkpointed_blocks", "checkpoint_units", "CHECKPOINT_PARTS", "COMPILE_MODES",
+           "compile_mode", "mode_uses_cudagraphs"]
 
 CHECKPOINT_PARTS = ("generator", "fake-score", "teacher")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(compile):
+    """The torch.compile mode a Refiner's `compile` argument names (False/None: None; True:
+    'default'), or ValueError."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if compile in COMPILE_MODES:
+        return compile
+    raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+
+
+def mode_uses_cudagraphs(mode):
+    return mode in _CUDAGRAPH_MODES
+
+
+def _mode_options(mode):
+    """inductor's options for a torch.compile mode (torch.compile takes a mode or options, not
+    both, and the refiner always sets fallback_random)."""
+    if mode in (None, "default"):
+        return {}
+    try:
+        from torch._inductor import list_mode_options
+        return dict(list_mode_options(mode))
+    except (ImportError, AttributeError, RuntimeError):  # an older layout: the two flags that matter
+        return {"triton.cudagraphs": mode_uses_cudagraphs(mode), "max_autotune": mode.startswith("max-autotune")}
 
 
 class CompiledForward:
     """Calls `net(*args)` through torch.compile(net), or through `net` itself once compiling
     has failed (one warning). `name` says which network the warning is about."""
 
-    def __init__(self, net, name, **compile_kwargs):
-        self.net, self.name = net, name
+    def __init__(self, net, name, mode=None, **compile_kwargs):
+        self.net, self.name, self.mode = net, name, mode
         # fallback_random: dropout and noise draw from torch's generators exactly as the eager
         # network would, so teacher and fake score still share one dropout mask.
-        options = dict(compile_kwargs.pop("options", {}), fallback_random=True)
+        options = dict(_mode_options(mode), **compile_kwargs.pop("options", {}), fallback_random=True)
         self._compiled = torch.compile(net, options=options, **compile_kwargs)
         self.failed = None
 

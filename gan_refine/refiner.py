@@ -26,7 +26,7 @@ import time
 import torch
 
 from . import distributed, losses
-from .acceleration import CHECKPOINT_PARTS, CompiledForward, checkpointed_blocks
+from .acceleration import CHECKPOINT_PARTS, CompiledForward, checkpointed_blocks, compile_mode, mode_uses_cudagraphs
 from .config import METHOD_FIELDS_RESUMABLE, RefineConfig
 from .fake_augment import resolve_augment
 from .rollback import TensorRollback
@@ -197,10 +197,13 @@ class Refiner:
         process_group: an initialised torch.distributed group to refine on (every rank builds
             its Refiner with the same arguments); default: the default group if one is
             initialised, else this process alone.
-        compile: call the networks through torch.compile (inductor; CPU needs a C++ compiler).
-            Each network compiles on first use in each mode it meets, which takes minutes for
-            a 55M-parameter UNet on CPU; a network that fails to compile runs uncompiled, with a
-            warning. Not used on several processes. Speed figures: docs/benchmarks.md.
+        compile: call the networks through torch.compile (inductor; CPU needs a C++ compiler):
+            True (torch.compile's default mode) or a mode name: 'reduce-overhead' replays each
+            compiled graph as a CUDA graph (on CUDA; the StyleGAN ops take their reference
+            path inside compiled graphs, which inductor fuses). Each network compiles on first
+            use in each mode it meets, which takes minutes for a 55M-parameter UNet on CPU; a
+            network that fails to compile runs uncompiled, with a warning. Not used on several
+            processes. Speed figures: docs/benchmarks.md.
         activation_checkpointing: networks whose activations are recomputed in the backward
             pass instead of being kept, for batches that do not fit: any of 'generator',
             'fake-score', 'teacher' (used with gradients by --loss sid only), or 'all'. The
@@ -238,7 +241,8 @@ class Refiner:
             raise ValueError(f"update_order must be one of {', '.join(RefineConfig.UPDATE_ORDERS)}, "
                              f"got {cfg.update_order!r}")
         self.checkpointing = _checkpoint_parts(activation_checkpointing)
-        if compile and self.checkpointing:
+        mode = compile_mode(compile)
+        if mode and self.checkpointing:
             raise ValueError("compile and activation_checkpointing do not combine; choose one")
         self.config = cfg
         self.dist = dist if dist is not None else distributed.from_group(process_group)
@@ -325,9 +329,10 @@ class Refiner:
             self._G_train = DDP(self.G, **kw)
             self._fake_train = DDP(self.fake_score, **kw)
 
-        self.compiled = bool(compile) and not self.dist.enabled
+        self.compiled = bool(mode) and not self.dist.enabled
+        self.compile_mode = mode if self.compiled else None
         self._compiled = {}
-        if compile and self.dist.enabled:
+        if mode and self.dist.enabled:
             import warnings
             warnings.warn("compile is not used on several processes (the per-rank random draws "
                           "are not traceable); running uncompiled", RuntimeWarning, stacklevel=2)
@@ -551,6 +556,9 @@ class Refiner:
         start = dict(rng=self.rng.get_state(), updated=self._updated,
                      scaler=None if self.scaler_fake is None else copy.deepcopy(self.scaler_fake.state_dict()))
         self._fake_snapshot_taken = False
+        if mode_uses_cudagraphs(self.compile_mode) and self.device.type == "cuda":
+            # CUDA graphs reuse their output buffers: a new step may overwrite the last one's.
+            torch.compiler.cudagraph_mark_step_begin()
         try:
             with self._precision_flags():
                 return self._step()
@@ -671,7 +679,7 @@ class Refiner:
             return net
         compiled = self._compiled.get(name)
         if compiled is None or compiled.net is not net:
-            compiled = self._compiled[name] = CompiledForward(net, name)
+            compiled = self._compiled[name] = CompiledForward(net, name, mode=self.compile_mode)
         return compiled
 
     @property
@@ -1004,7 +1012,7 @@ class Refiner:
             "kimg": self.cur_nimg / 1000,
             "start_from": self.gen_key,
             # How it ran: settings that change speed and memory, not the result.
-            "execution": {"compile": self.compiled, "activation_checkpointing": sorted(self.checkpointing),
+            "execution": {"compile": self.compile_mode or False, "activation_checkpointing": sorted(self.checkpointing),
                           "overlap": self.overlap_active},
         }
         meta.update(extra)

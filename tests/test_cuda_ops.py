@@ -588,3 +588,29 @@ def test_gpu_filtered_lrelu(dtype):
     g = torch.randn_like(y)
     for a, r in zip(torch.autograd.grad(y, [x, b], g), torch.autograd.grad(yr, [x, b], g)):
         assert _rel(a, r) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# Inside torch.compile the ops take their reference path.
+
+class _CudaLike:
+    is_cuda, dtype = True, torch.float32
+
+
+def test_ops_take_the_reference_path_while_compiling(monkeypatch):
+    monkeypatch.setattr(_cuda, "_ready", {"bias_act"})
+    monkeypatch.delenv("GAN_REFINE_OPS", raising=False)
+    assert _cuda.use_cuda("bias_act", "cuda", _CudaLike())  # a ready plugin is used eagerly...
+    monkeypatch.setattr(_cuda, "_compiling", lambda: True)
+    assert not _cuda.use_cuda("bias_act", "cuda", _CudaLike())  # ...and not while compiling
+
+
+def test_the_compiling_test_is_true_under_dynamo():
+    """dynamo answers is_compiling() as True while tracing, also through the seam's alias (the
+    eager backend: nothing is built)."""
+    def f(x):
+        return x + 1 if _cuda._compiling() else x - 1
+    x = torch.zeros(3)
+    assert torch.equal(f(x), x - 1)
+    assert torch.equal(torch.compile(f, backend="eager", fullgraph=True)(x), x + 1)
+    torch._dynamo.reset()

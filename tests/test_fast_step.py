@@ -297,7 +297,25 @@ def test_compile_falls_back_to_the_eager_networks_with_one_warning(monkeypatch):
     for _ in range(2):
         a.step()
     assert _same_state(_tensors(a), _tensors(b)) == []
-    assert b.metadata()["execution"]["compile"] is True
+    assert b.metadata()["execution"]["compile"] == "default"
+
+
+def test_compile_modes_map_to_inductor_options(monkeypatch):
+    """torch.compile takes a mode or options, not both: a mode becomes inductor's options for
+    it (upstream's list_mode_options), with fallback_random always set."""
+    seen = []
+
+    def recording_compile(net, **kw):
+        seen.append(kw)
+        return net
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    r = Refiner(*toy_pair(), compile="reduce-overhead", **TOY)
+    r.step()
+    assert seen and all("mode" not in kw for kw in seen)
+    assert all(kw["options"] == {"triton.cudagraphs": True, "fallback_random": True} for kw in seen)
+    assert r.metadata()["execution"]["compile"] == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile must be True, False or one of default, reduce-overhead"):
+        Refiner(*toy_pair(), compile="fastest", **TOY)
 
 
 def test_bad_execution_options_are_refused():

@@ -79,10 +79,17 @@ def _plugins_ready(op):
     return None
 
 
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 def use_cuda(op, impl, x):
     """True when `op` should run its CUDA kernel for tensor `x` with the caller's `impl`."""
     # Called on every op invocation: the common "yes" costs a few attribute and dict lookups,
     # no filesystem access and no lock. Everything else goes through _use_cuda_slow.
+    if _compiling():
+        # Inside torch.compile the reference path is traced and fused by inductor; a plugin
+        # call would break the graph (and any CUDA graph) at every op.
+        return False
     if impl == "cuda" and op in _ready and getattr(x, "is_cuda", False) and x.dtype in _DTYPES \
             and not custom_ops.forced_ref():
         custom_ops.record_path(op, "cuda")
