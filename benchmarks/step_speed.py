@@ -66,6 +66,21 @@ def seeded(seed, device):
         yield
 
 
+@contextlib.contextmanager
+def tf32_off(deterministic=False):
+    """TF32 off for cuDNN and matmuls for a block; with `deterministic`, also cuDNN's
+    deterministic algorithms (no autotuning)."""
+    cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, mm.allow_tf32, cudnn.deterministic, cudnn.benchmark
+    cudnn.allow_tf32 = mm.allow_tf32 = False
+    if deterministic:
+        cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, mm.allow_tf32, cudnn.deterministic, cudnn.benchmark = saved
+
+
 class OfficialLoop:
     """The official loop structure. `step()` draws its own batch, as the official code does;
     `step(replay)` takes the latents, noise levels, noise and seeds a Refiner drew, in the
@@ -98,13 +113,8 @@ class OfficialLoop:
     def step(self, replay=None):
         # The official code (EDM's training loop, which Diff-Instruct's is built on) turns TF32
         # off for cuDNN and matmuls: fp32 means fp32, as in the Refiner's default precision.
-        cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
-        saved = cudnn.allow_tf32, mm.allow_tf32
-        cudnn.allow_tf32 = mm.allow_tf32 = False
-        try:
+        with tf32_off():
             return self._step(replay)
-        finally:
-            cudnn.allow_tf32, mm.allow_tf32 = saved
 
     def _step(self, replay=None):
         take = (lambda kind: next(replay)[1]) if replay is not None else None
@@ -329,27 +339,27 @@ def time_shares(step, nets_of, steps, device):
 
 # ---------------------------------------------------------------------------- configurations
 
+ORDERS = {"official": "official order", "single-forward": "single-forward"}  # update order -> row label
+
+
 def configurations(gen_data, teacher_data, batch, device, teacher_mode, compile_modes=(), ckpt=None):
     """name -> (step function, (G, F, T)) for the official loop and the Refiner's variants."""
     out = {}
     off = OfficialLoop(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode)
     out["official loop"] = (off.step, off.nets())
-    for label, kw in (("Refiner, official order", dict(update_order="official")),
-                      ("Refiner, single-forward", dict(update_order="single-forward"))):
-        r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, **kw)
-        out[label] = (r.step, refiner_nets(r))
-    if device.type == "cuda":  # TF32 convolutions and matmuls: a lever the official loop does not take
-        for label, kw in (("Refiner, official order, tf32", dict(update_order="official")),
-                          ("Refiner, single-forward, tf32", dict(update_order="single-forward"))):
-            r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode, precision="tf32", **kw)
-            out[label] = (r.step, refiner_nets(r))
+    # On CUDA also TF32 convolutions and matmuls: a lever the official loop does not take.
+    for precision in ("fp32", "tf32") if device.type == "cuda" else ("fp32",):
+        for order in ORDERS:
+            r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
+                             update_order=order, precision=precision)
+            out[f"Refiner, {ORDERS[order]}" + (", tf32" if precision == "tf32" else "")] = (r.step, refiner_nets(r))
     if device.type == "cpu" and torch.get_num_threads() >= 2:
         # The two branches split the intra-op threads: the same cores as the loops above.
         r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                          update_order="single-forward", overlap=True)
         out[f"Refiner, single-forward, overlap (2 x {torch.get_num_threads() // 2} threads)"] = (r.step, refiner_nets(r))
     for mode in compile_modes:
-        for order in ("official", "single-forward"):
+        for order in ORDERS:
             r = make_refiner(gen_data, teacher_data, batch, device, teacher_mode=teacher_mode,
                              update_order=order, compile=mode)
             t0 = time.perf_counter()
@@ -357,7 +367,7 @@ def configurations(gen_data, teacher_data, batch, device, teacher_mode, compile_
             r.step()  # the second step meets no new mode: compiled graphs are all built
             r.step()  # CUDA graphs: warmed up, recorded, then replayed from here on
             sync(device)
-            label = f"Refiner, {'official order' if order == 'official' else order}, compiled ({mode})"
+            label = f"Refiner, {ORDERS[order]}, compiled ({mode})"
             failed = sorted({f"{c.name}: {c.failed}" for c in r._compiled.values() if c.failed})
             if failed:  # a network that failed to compile runs eagerly: say so in the row
                 label += " [fell back to eager: " + "; ".join(failed) + "]"
@@ -590,21 +600,6 @@ def memory_table(pair, batches, device, threads, log, configs):
 
 # ---------------------------------------------------------------------------- main
 
-@contextlib.contextmanager
-def deterministic_cudnn():
-    """cuDNN's deterministic algorithms in full fp32 for the gradient checks (its default
-    backward-weight algorithms may sum in a different order on each call, and TF32 rounds
-    the convolutions' inputs to 10 mantissa bits, which turns the loops' last-bit differences
-    into 1e-3 ones)."""
-    cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
-    old = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32
-    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32 = True, False, False, False
-    try:
-        yield
-    finally:
-        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, mm.allow_tf32 = old
-
-
 def cuda_part(args, device, results, log, save):
     """Everything on the GPU, in the order that matters if the run is cut short: the gradient
     checks, both pairs at two batches, the batch and memory tables, then the compiled variants
@@ -619,7 +614,9 @@ def cuda_part(args, device, results, log, save):
     sections = set(args.cuda_sections.split(","))
     for pair, (gen_data, teacher_data) in pairs.items():
         for mode in ("eval", "train") if "check" in sections else ():
-            with deterministic_cudnn():
+            # cuDNN's default backward-weight algorithms may sum in another order on each call,
+            # and TF32 turns the loops' last-bit differences into 1e-3 ones.
+            with tf32_off(deterministic=True):
                 check = check_same_gradients(gen_data, teacher_data, 4 if pair == "cifar" else args.batch,
                                              device, mode)
             log(f"Same gradients on {device}, {pair}, teacher mode {mode} (relative max difference, "

@@ -329,8 +329,7 @@ class Refiner:
             self._G_train = DDP(self.G, **kw)
             self._fake_train = DDP(self.fake_score, **kw)
 
-        self.compiled = bool(mode) and not self.dist.enabled
-        self.compile_mode = mode if self.compiled else None
+        self.compile_mode = None if self.dist.enabled else mode  # None: the networks run eagerly
         self._compiled = {}
         if mode and self.dist.enabled:
             import warnings
@@ -675,7 +674,7 @@ class Refiner:
     # up at each call, so a network replaced on the refiner is the one used).
 
     def _call(self, net, name):
-        if not self.compiled:
+        if self.compile_mode is None:
             return net
         compiled = self._compiled.get(name)
         if compiled is None or compiled.net is not net:
@@ -854,7 +853,7 @@ class Refiner:
         for bad, why in ((cfg.update_order != "single-forward", "it needs update_order single-forward"),
                          (self.device.type != "cpu", "it is built for CPU only"),
                          (self.dist.enabled, "it runs on one process only"),
-                         (self.compiled, "it does not combine with compile"),
+                         (self.compile_mode is not None, "it does not combine with compile"),
                          (bool(self.checkpointing), "activation checkpointing replays random draws "
                                                     "in the backward pass, on either thread"),
                          (cfg.loss != "ikl" or self._custom_loss is not None, "it needs the IKL loss"),
