@@ -44,6 +44,10 @@ class RefineConfig:
                                       "(EDM's lr_rampup_kimg; the update after n images uses "
                                       "lr * min((n + batch) / ramp, 1)); 0 starts at the full rate.",
                                  why="official code: no ramp-up")
+    mapping_lr_mult: float = _opt(1.0, "Scale of the generator's learning rate for the parameters of its "
+                                        "mapping network (StyleGAN's `mapping`, whose layers already run at "
+                                        "0.01x through their lr_multiplier); 1 treats all parameters alike.",
+                                  why="official code: one learning rate")
     betas: Tuple[float, float] = _opt((0.0, 0.999), "Adam betas for both networks.",
                                       why="official code (beta1 = 0)")
     adam_eps: float = _opt(1e-8, "Adam epsilon.", why="PyTorch and official code")
@@ -74,7 +78,8 @@ class RefineConfig:
                                    "0 disables.", why="EDM training loop")
     grad_clip: float = _opt(0.0, "Clip each network's gradient to this L2 norm; 0 disables.")
     precision: str = _opt("fp32", "fp32 (TF32 off), tf32, bf16 (autocast) or fp16 (autocast with loss "
-                                  "scaling); all but fp32 need CUDA.")
+                                  "scaling); all but fp32 need CUDA. StyleGAN and EDM networks refuse "
+                                  "autocast (they check their layers' dtypes), so with them use tf32.")
     force_fp32: bool = _opt(False, "Run the networks' built-in fp16 layers (StyleGAN's top "
                                    "resolutions, EDM's use_fp16) in fp32.")
     device: str = _opt("auto", "'auto' (CUDA if available, else CPU), 'cpu', 'cuda:0', ...")
@@ -128,6 +133,7 @@ class RefineConfig:
                 raise ValueError(msg)
         need(self.batch >= 1, f"batch must be at least 1, got {self.batch}")
         need(self.lr_gen > 0 and self.lr_fake > 0, "learning rates must be positive")
+        need(self.mapping_lr_mult > 0, f"mapping_lr_mult must be positive, got {self.mapping_lr_mult}")
         need(self.lr_gen_halflife_kimg >= 0, "lr_gen_halflife_kimg must be >= 0 (0 = constant)")
         need(self.lr_rampup_kimg >= 0, "lr_rampup_kimg must be >= 0 (0 = no ramp-up)")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),

@@ -171,6 +171,28 @@ class _Checks:
         return None
 
 
+@torch.no_grad()
+def autocast_refusal(net, device, dtype):
+    """None if a generator or teacher adapter runs a two-sample batch under torch.autocast to
+    `dtype` on `device`, else why not (a phrase). StyleGAN's and EDM's networks check their
+    layers' dtypes (each layer must return the dtype it was given) and autocast breaks that."""
+    labels = torch.zeros([2], dtype=torch.long, device=device)  # class 0, where there are classes
+    try:
+        # The generator's noise inputs draw from the global generator: leave the caller's stream be.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.autocast(device_type=device.type, dtype=dtype):
+            if hasattr(net, "z_dim"):
+                net(torch.zeros([2, net.z_dim], device=device), labels if net.c_dim else None)
+            else:
+                r = net.img_resolution
+                net(torch.zeros([2, net.img_channels, r, r], device=device), torch.ones([2], device=device),
+                    labels if net.label_dim else None)
+    except AssertionError:
+        return "its code asserts its layers' dtypes, which autocast changes"
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
 def _adapt_generator(obj, gen_key, kw):
     from .adapters import as_generator
     return as_generator(obj, which=gen_key, **kw)
@@ -279,6 +301,14 @@ class Refiner:
             p.requires_grad_(True)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        if cfg.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+            for net, what in ((self.G, "generator"), (self.teacher, "teacher")):
+                why = autocast_refusal(net, self.device, dtype)
+                if why is not None:
+                    raise ValueError(f"precision {cfg.precision!r} runs the networks under torch.autocast, "
+                                     f"and the {what} refuses it ({why}); use tf32 or fp32 (a StyleGAN "
+                                     f"generator's own fp16 layers stay on unless force_fp32)")
         if fake_score is None:
             fake = copy.deepcopy(self.teacher)
         else:
@@ -308,7 +338,7 @@ class Refiner:
         else:
             # Adam's fused kernel: the same update up to rounding, 4x faster than the loop on CPU.
             adam["fused"] = True
-        self.opt_G = _adam(self._g_params, lr=cfg.lr_gen, **adam)
+        self.opt_G = _adam(self._generator_groups(), lr=cfg.lr_gen, **adam)
         self.opt_fake = _adam(self._f_params, lr=cfg.lr_fake, **adam)
         fp16 = cfg.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler("cuda") if fp16 else None
@@ -541,6 +571,21 @@ class Refiner:
         for b_ema, b in zip(ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
+    def _generator_groups(self):
+        """The generator's parameters as Adam's groups: one, or with mapping_lr_mult != 1 the
+        mapping network's (its `lr_scale` applied at each step) and the rest."""
+        mult = self.config.mapping_lr_mult
+        if mult == 1:
+            return [dict(params=self._g_params)]
+        mapping = getattr(getattr(self.G, "module", self.G), "mapping", None)
+        ids = {id(p) for p in mapping.parameters()} if isinstance(mapping, torch.nn.Module) else set()
+        mapped = [p for p in self._g_params if id(p) in ids]
+        if not mapped:
+            raise ValueError("mapping_lr_mult needs a generator with a trainable `mapping` network "
+                             "(StyleGAN's); leave it at 1 for this generator")
+        return [dict(params=[p for p in self._g_params if id(p) not in ids]),
+                dict(params=mapped, lr_scale=float(mult))]
+
     # ------------------------------------------------------------------ the step
 
     def step(self):
@@ -593,7 +638,7 @@ class Refiner:
         stats = self._gather_stats(gen, fake, checks)  # raises NonFiniteError before any update below
         lr_gen = self.lr_gen_now()
         for group in self.opt_G.param_groups:
-            group["lr"] = lr_gen
+            group["lr"] = lr_gen * group.get("lr_scale", 1.0)
         for opt, scaler in later:
             self._optimizer_step(opt, scaler)
         self.cur_step += 1

@@ -426,3 +426,53 @@ def test_generator_learning_rate_ramps_up_linearly_then_holds_and_combines_with_
     assert all(abs(a - b) < 1e-15 for a, b in zip(seen, expect)), seen
     with pytest.raises(ValueError, match="lr_rampup_kimg"):
         Refiner(g, t, batch=4, lr_rampup_kimg=-1, device="cpu")
+
+
+def test_mapping_lr_mult_scales_only_the_mapping_networks_first_update():
+    # Adam with beta1 = 0: the first update of each weight is lr * g / (|g| + eps), so with the
+    # same gradients a mapping-network weight moves mult times as far and any other as far.
+    g = nets.stylegan2_pkl_dict(res=8, channels=1, seed=0)
+    t = nets.edm_pkl_dict(res=8, channels=1, seed=2)
+    runs = {m: Refiner(g, t, batch=4, lr_gen=1e-3, mapping_lr_mult=m, seed=0, device="cpu") for m in (1.0, 10.0)}
+    start = {n: p.detach().clone() for n, p in runs[1.0].G.module.named_parameters()}
+    moved = {}
+    for m, r in runs.items():
+        r.step()
+        moved[m] = {n: p.detach() - start[n] for n, p in r.G.module.named_parameters()}
+    mapping = [n for n in start if n.startswith("mapping.")]
+    assert mapping and len(mapping) < len(start)
+    for n in start:
+        expect = moved[1.0][n] * (10.0 if n in mapping else 1.0)
+        # Each delta is a difference of float32 weights, exact to about one ulp of the weight,
+        # and the expected one carries the 1x run's rounding times the factor.
+        k = 10.0 if n in mapping else 1.0
+        ulp = torch.finfo(torch.float32).eps * (start[n].abs() + 1)
+        assert ((moved[10.0][n] - expect).abs() <= (k + 1) * ulp).all(), n
+    assert any(moved[1.0][n].abs().max() > 0 for n in mapping)
+    with pytest.raises(ValueError, match="mapping"):
+        Refiner(*toy_pair(), mapping_lr_mult=2.0, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_refusal_names_the_networks_that_check_their_dtypes(dtype):
+    # --precision bf16/fp16 runs the step under torch.autocast. StyleGAN's and EDM's code asserts
+    # that each layer returns the dtype it was fed, as upstream's does, and autocast breaks that;
+    # the Refiner probes both networks and refuses with a sentence rather than crash mid-step.
+    # The probe runs here under CPU autocast, the same mechanism as on CUDA.
+    from gan_refine.adapters import as_generator, as_teacher
+    from gan_refine.refiner import autocast_refusal
+    cpu = torch.device("cpu")
+    for net in (as_generator(nets.stylegan2_pkl_dict(res=8, channels=1, seed=0)),
+                as_generator(nets.stylegan2_pkl_dict(res=8, channels=1, seed=0, c_dim=3)),
+                as_teacher(nets.edm_pkl_dict(res=8, channels=1, seed=2))):
+        with pytest.raises(AssertionError):  # what a user would otherwise meet inside the step
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+                if hasattr(net, "z_dim"):
+                    net(torch.zeros(2, net.z_dim), torch.zeros(2, dtype=torch.long) if net.c_dim else None)
+                else:
+                    net(torch.zeros(2, 1, 8, 8), torch.ones(2), None)
+        before = torch.get_rng_state()
+        assert "asserts its layers' dtypes" in autocast_refusal(net, cpu, dtype)
+        assert torch.equal(torch.get_rng_state(), before)  # StyleGAN's noise draws left no trace
+    gen, teacher = toy_pair()
+    assert autocast_refusal(gen, cpu, dtype) is None and autocast_refusal(teacher, cpu, dtype) is None
