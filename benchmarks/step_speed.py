@@ -38,6 +38,7 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
 from gan_refine import nets  # noqa: E402
@@ -733,7 +734,8 @@ def main():
         print(text, flush=True)
         report.append(text)
     t_all = time.time()
-    log(f"Machine: {platform.machine()} CPU ({os.cpu_count()} cores)"
+    from quality import cpu_model
+    log(f"Machine: {platform.machine()} CPU, {cpu_model()} ({os.cpu_count()} cores)"
         f"{', ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}; command: {' '.join(sys.argv)}\n")
 
