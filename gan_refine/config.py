@@ -220,11 +220,14 @@ PRESETS = {
                     ema_rampup=0.1)),
 }
 # The conditional digits pair: the same, with SiD's generator loss, which helped there (and was
-# neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md).
+# neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md), and two
+# fake-score updates per generator update: its gap is coverage, and a fake score that keeps up
+# with the generator's samples helped there (neutral on the unconditional pair;
+# docs/quality/2026-12-06-cpu-sweep.md).
 PRESETS["digits-cond"] = dict(
     about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
-          "generator loss (alpha 1.2)",
-    method=dict(PRESETS["digits"]["method"], loss="sid"))
+          "generator loss (alpha 1.2) and two fake-score updates per generator update",
+    method=dict(PRESETS["digits"]["method"], loss="sid", fake_updates=2))
 
 
 # Method settings a resumed run may change without breaking the run it continues.
@@ -265,8 +268,9 @@ class RunConfig:
                                       "it fails with an error.")
     preset: Optional[str] = _opt(None, "A named bundle of method settings: paper-cifar10 (the official "
                                        "Diff-Instruct values), digits (the best measured on the shipped "
-                                       "unconditional digits pair) or digits-cond (the same with SiD's loss, "
-                                       "best on the conditional pair); options given explicitly win.")
+                                       "unconditional digits pair) or digits-cond (the same with SiD's loss and "
+                                       "two fake-score updates per generator update, best on the "
+                                       "conditional pair); options given explicitly win.")
     data: Optional[str] = _opt(None, "Real training images for --data-weight: an image folder, a "
                                      "StyleGAN/EDM dataset zip (labels from its dataset.json) or a .npy/.npz "
                                      "array; only read. Give the training split only.")
