@@ -44,6 +44,7 @@ import gan_refine  # noqa: E402
 from gan_refine import nets  # noqa: E402
 from gan_refine.adapters import as_generator, as_teacher  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
+from quality import cpu_model  # noqa: E402
 
 # The settings both loops use (the documented digits settings; lr does not change the cost).
 METHOD = dict(lr_gen=2e-3, lr_fake=1e-3, P_mean=0.0, P_std=1.2, betas=(0.0, 0.999), adam_eps=1e-8,
@@ -734,7 +735,6 @@ def main():
         print(text, flush=True)
         report.append(text)
     t_all = time.time()
-    from quality import cpu_model
     log(f"Machine: {platform.machine()} CPU, {cpu_model()} ({os.cpu_count()} cores)"
         f"{', ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}; command: {' '.join(sys.argv)}\n")

@@ -179,7 +179,8 @@ def autocast_refusal(net, device, dtype):
     labels = torch.zeros([2], dtype=torch.long, device=device)  # class 0, where there are classes
     try:
         # The generator's noise inputs draw from the global generator: leave the caller's stream be.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.autocast(device_type=device.type, dtype=dtype):
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.autocast(device_type=device.type, dtype=dtype):
             if hasattr(net, "z_dim"):
                 net(torch.zeros([2, net.z_dim], device=device), labels if net.c_dim else None)
             else:
@@ -189,7 +190,8 @@ def autocast_refusal(net, device, dtype):
     except AssertionError:
         return "its code asserts its layers' dtypes, which autocast changes"
     except RuntimeError as err:
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = str(err).strip().splitlines()
+        return lines[0] if lines else type(err).__name__
     return None
 
 
