@@ -762,9 +762,21 @@ class Refiner:
                 x0 = self._generator_forward(z, c)
                 sigma, noise = self._noise(x0)
                 dropout_seed = self._draw_seed() if self.config.teacher_mode == "train" else None
+                draws = self.config.noise_draws
+                x_in, c_in = x0, c
+                if draws > 1:
+                    # Each image again with further noise levels and noise (drawn after the
+                    # first, so one draw leaves the random stream as the official loop has it);
+                    # the rows of draw k are the batch's images in order.
+                    more = [self._noise(x0) for _ in range(draws - 1)]
+                    sigma = torch.cat([sigma] + [s for s, _ in more])
+                    noise = torch.cat([noise] + [n for _, n in more])
+                    x_in, c_in = torch.cat([x0] * draws), torch.cat([c] * draws)
                 fake, teacher = self._scores_for_generator(dropout_seed)
                 with self._autocast(), self._randomness(), self._checkpointing("teacher", "fake-score"):
-                    per_sample, figs = self._generator_loss(fake, teacher, x0, sigma, noise, c)
+                    per_sample, figs = self._generator_loss(fake, teacher, x_in, sigma, noise, c_in)
+                if draws > 1:  # each image's mean over its draws
+                    per_sample = per_sample.reshape(draws, -1).mean(0)
                 if self.adv_head is not None:
                     adv = self._generator_adv_terms(x0, c)
                     self._extra["loss/generator_adv"] = adv.detach().mean()

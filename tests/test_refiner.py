@@ -476,3 +476,55 @@ def test_autocast_refusal_names_the_networks_that_check_their_dtypes(dtype):
         assert torch.equal(torch.get_rng_state(), before)  # StyleGAN's noise draws left no trace
     gen, teacher = toy_pair()
     assert autocast_refusal(gen, cpu, dtype) is None and autocast_refusal(teacher, cpu, dtype) is None
+
+
+class RecordingDenoiser(GMMDenoiser):
+    """The analytic teacher, keeping its last call's inputs (the fake score is a deep copy, with
+    its own list, so the teacher's record holds only the generator loss's calls)."""
+
+    def forward(self, x, sigma, c=None):
+        self.seen = (x.detach().clone(), sigma.detach().reshape(-1).clone())
+        return super().forward(x, sigma, c)
+
+
+class RecordingGenerator(MLPGenerator):
+    def forward(self, z, c=None):
+        self.last_z = z.detach().clone()
+        return super().forward(z, c)
+
+
+@pytest.mark.parametrize("draws", [2, 3])
+def test_noise_draws_average_the_ikl_gradient_over_each_images_draws(draws):
+    # Reference in float64 from the recorded inputs: with x_r the teacher's input row r, image
+    # i = r mod n, the loss's gradient for the generator's parameters is the gradient of
+    # (1 / (draws n)) sum_r <G(z_i), D_phi(x_r) - D_T(x_r)>, the scores held fixed.
+    n = 8
+    runs = {}
+    for k in (1, draws):
+        gen = GenericGeneratorAdapter(RecordingGenerator(), z_dim=2, img_resolution=1, img_channels=2)
+        teacher = GenericTeacherAdapter(RecordingDenoiser(), img_resolution=1, img_channels=2)
+        r = Refiner(gen, teacher, batch=n, lr_gen=1e-3, lr_fake=1e-2, noise_draws=k, seed=4, device="cpu")
+        before = copy.deepcopy(r.G.module).double()
+        r.step()
+        runs[k] = (r, before)
+    r, before = runs[draws]
+    x_rows, sigma_rows = r.teacher.module.seen
+    assert x_rows.shape[0] == draws * n and sigma_rows.shape[0] == draws * n
+    # The first draw is the one-draw run's: the random stream is as the official loop has it.
+    assert torch.equal(sigma_rows[:n], runs[1][0].teacher.module.seen[1])
+    assert not torch.equal(sigma_rows[n:2 * n], sigma_rows[:n])
+    z = r.G.module.last_z.double()
+    x0 = before(z)
+    with torch.no_grad():
+        fake = copy.deepcopy(r.fake_score.module).double()
+        teacher = copy.deepcopy(r.teacher.module).double()
+        s = sigma_rows.double().reshape(-1, 1, 1, 1)
+        g = fake(x_rows.double(), s) - teacher(x_rows.double(), s)
+    loss = (x0.repeat(draws, 1, 1, 1) * g).sum() / (draws * n)
+    ref = torch.autograd.grad(loss, list(before.parameters()))
+    for (name, p), want in zip(r.G.module.named_parameters(), ref):
+        assert torch.allclose(p.grad.double(), want, rtol=1e-4, atol=1e-9), name
+    with pytest.raises(ValueError, match="noise_draws"):
+        Refiner(*toy_pair(), noise_draws=2, update_order="single-forward", device="cpu")
+    with pytest.raises(ValueError, match="noise_draws"):
+        Refiner(*toy_pair(), noise_draws=0, device="cpu")
