@@ -224,19 +224,21 @@ PRESETS = {
         about="the best settings measured on the shipped digits pairs (docs/benchmarks.md): batch "
               "32, generator lr 8e-3 with DMD's per-sample normalisation of the gradient, fake-score "
               "lr 1e-3, 300 fake-score warm-up updates, log-normal sigma centred at 1 (P_mean 0), "
-              "EMA ramp-up 0.1",
+              "EMA ramp-up 0.1, and four noise draws per generated image in the generator's loss",
         method=dict(batch=32, lr_gen=8e-3, lr_fake=1e-3, fake_warmup=300, P_mean=0.0, normalize="dmd",
-                    ema_rampup=0.1)),
+                    ema_rampup=0.1, noise_draws=4)),
 }
 # The conditional digits pair: the same, with SiD's generator loss, which helped there (and was
 # neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md), and two
 # fake-score updates per generator update: its gap is coverage, and a fake score that keeps up
 # with the generator's samples helped there (neutral on the unconditional pair;
-# docs/quality/2026-12-06-cpu-sweep.md).
+# docs/quality/2026-12-06-cpu-sweep.md). It keeps one noise draw per image: the four of the
+# unconditional preset (docs/quality/2026-12-07-cpu-sweep.md) were not measured on this pair.
 PRESETS["digits-cond"] = dict(
     about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
-          "generator loss (alpha 1.2) and two fake-score updates per generator update",
-    method=dict(PRESETS["digits"]["method"], loss="sid", fake_updates=2))
+          "generator loss (alpha 1.2), two fake-score updates per generator update and one noise "
+          "draw per image",
+    method=dict(PRESETS["digits"]["method"], loss="sid", fake_updates=2, noise_draws=1))
 
 
 # Method settings a resumed run may change without breaking the run it continues.
