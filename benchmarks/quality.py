@@ -47,8 +47,9 @@ ABLATIONS = {
     "fake-updates": ("fake-score updates per generator update = 5", dict(fake_updates=5)),
     "sid": ("SiD loss (alpha 1.2)", dict(loss="sid")),
     "no-warmup": ("no fake-score warm-up", dict(fake_warmup=0)),
-    "single-forward": ("update order single-forward (one generator forward per step)",
-                       dict(update_order="single-forward")),
+    "single-forward": ("update order single-forward (one generator forward per step; one noise draw, "
+                       "which that order needs)",
+                       dict(update_order="single-forward", noise_draws=1)),
     "teacher-train": ("teacher and fake score in train mode (shared dropout)", dict(teacher_mode="train")),
     "no-dmd": ("without DMD normalisation", dict(normalize="none")),
     "no-augment": ("without fake-score augmentation", dict(augment=0.0)),

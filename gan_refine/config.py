@@ -147,8 +147,9 @@ class RefineConfig:
         need(self.fake_updates >= 1, f"fake_updates must be at least 1, got {self.fake_updates}")
         need(self.noise_draws >= 1, f"noise_draws must be at least 1, got {self.noise_draws}")
         need(self.noise_draws == 1 or self.update_order == "official",
-             "noise_draws above 1 needs update_order official (the single-forward order shares its "
-             "noise with the fake score's update)")
+             f"noise_draws {self.noise_draws} needs update_order official (the single-forward order "
+             "shares its one noise draw with the fake score's update): set noise_draws to 1 "
+             "(--noise-draws 1) to use single-forward")
         need(self.fake_warmup >= 0, f"fake_warmup must be >= 0, got {self.fake_warmup}")
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         need(self.normalize in NORMALIZE,

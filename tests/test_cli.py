@@ -392,6 +392,22 @@ def test_presets_explicit_options_win_and_sources_are_reported(pkls, tmp_path):
     assert cfg["refine"]["betas"] == [0.0, 0.999] and cfg["refine"]["batch"] == 128
 
 
+def test_preset_noise_draws_and_the_single_forward_order_fail_in_one_line_that_names_the_fix(pkls, tmp_path):
+    # The digits preset averages over several noise draws, which only the official order does:
+    # asking for the single-forward order on top of it must stop before any work, in one line.
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits",
+                "--update-order", "single-forward", "--kimg", 0.004, "--grid", 0, "--device", "cpu",
+                "--outdir", tmp_path / "runs"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "--noise-draws 1" in r.output and not run_dirs(tmp_path / "runs")
+    r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits",
+                "--update-order", "single-forward", "--noise-draws", 1, "--dry-run",
+                "--outdir", tmp_path / "runs"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.output.rsplit("Dry run:", 1)[0])
+    assert cfg["refine"]["noise_draws"] == 1 and cfg["sources"]["noise_draws"] == "command line"
+
+
 def test_resumed_run_keeps_its_preset_and_its_own_values(pkls, tmp_path):
     from gan_refine.config import PRESETS
     r = invoke(["--gen", pkls["gen"], "--teacher", pkls["teacher"], "--preset", "digits", "--batch", 4,
