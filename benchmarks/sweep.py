@@ -1,6 +1,7 @@
 """Screen refinement settings on a digits pair: one run per --set bundle, FID/KID at budgets.
 
-Each run refines the pair's generator with the `digits` preset plus the given overrides (any
+Each run refines the pair's generator with a preset (--preset, `digits` unless given; quality.py
+picks `digits-cond` for the conditional pair) plus the given overrides (any
 RefineConfig field, `key=value`, several separated by spaces inside one --set), scores G_ema
 (and the raw G where --raw) at each budget with the protocol of benchmarks/quality.py (digits
 detector, seeds 0..num-1 against the training split), and appends one JSON line per figure to
@@ -35,6 +36,8 @@ def main():
     ap.add_argument("--steps", default="250,500", help="generator steps at which to score")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--preset", default="digits", choices=sorted(PRESETS),
+                    help="the method settings each run starts from (default digits, for both pairs)")
     ap.add_argument("--set", action="append", default=[], help="overrides of one run ('' = the preset)")
     ap.add_argument("--raw", action="store_true", help="also score the raw generator (not its EMA)")
     ap.add_argument("--emas", default="", help="extra EMA ramp-ups to keep alongside the run's own "
@@ -59,7 +62,7 @@ def main():
     gen_data = gan_refine.load_network_pkl(gen_name)
     teacher_data = gan_refine.load_network_pkl(teacher_name)
     for text in args.set or [""]:
-        opts = dict(PRESETS["digits"]["method"], **parse_set(text))
+        opts = dict(PRESETS[args.preset]["method"], **parse_set(text))
         data = None if args.data == "none" else (torch.as_tensor(x_train), torch.as_tensor(y_train))
         teacher, fake = teacher_data, None
         if args.teachers:
@@ -86,7 +89,7 @@ def main():
             for which in ("ema",) + (("raw",) if args.raw else ()) + tuple(emas):
                 G = emas[which].module if which in emas else r.refined_generator(ema=(which == "ema"))
                 fid, kid = fid_kid(generator_features(detector, G, args.num), ref_feat)
-                line = dict(pair=args.pair, set=text, data=args.data, teachers=args.teachers,
+                line = dict(pair=args.pair, preset=args.preset, set=text, data=args.data, teachers=args.teachers,
                             weights=args.weights, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
                             refine_seconds=round(t_refine, 1), threads=args.threads, cpu=cpu, date=time.strftime("%Y-%m-%d"))
                 print(json.dumps(line), flush=True)
