@@ -5,7 +5,10 @@ picks `digits-cond` for the conditional pair) plus the given overrides (any
 RefineConfig field, `key=value`, several separated by spaces inside one --set), scores G_ema
 (and the raw G where --raw) at each budget with the protocol of benchmarks/quality.py (digits
 detector, seeds 0..num-1 against the training split), and appends one JSON line per figure to
---log, so a sweep cut short keeps what it measured.
+--log, so a sweep cut short keeps what it measured. At the last budget each line also carries
+the rest of quality.py's figures for those images under "figures" (precision and recall in the
+detector's features and in pixels, held-out FID, class balance, near-duplicates of training
+images), so a screen sees the issue's failure checks too.
 
     python benchmarks/sweep.py --pair uncond --steps 250,500 --seed 0 \
         --set "fake_updates=2" --set "lr_fake=2e-3" --log docs/quality/sweep.jsonl
@@ -27,7 +30,7 @@ from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
-from quality import PAIRS, cpu_model, features, fid_kid, generator_features, parse_set  # noqa: E402
+from quality import PAIRS, _evaluator, cpu_model, features, fid_kid, generator_features, parse_set  # noqa: E402
 
 
 def main():
@@ -92,6 +95,8 @@ def main():
                 line = dict(pair=args.pair, preset=args.preset, set=text, data=args.data, teachers=args.teachers,
                             weights=args.weights, seed=args.seed, step=b, which=which, fid=fid, kid=kid,
                             refine_seconds=round(t_refine, 1), threads=args.threads, cpu=cpu, date=time.strftime("%Y-%m-%d"))
+                if b == budgets[-1]:
+                    line["figures"] = _evaluator("cpu", args.num).of_generator(G)
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:
                     f.write(json.dumps(line) + "\n")
