@@ -234,7 +234,8 @@ PRESETS = {
 # fake-score updates per generator update: its gap is coverage, and a fake score that keeps up
 # with the generator's samples helped there (neutral on the unconditional pair;
 # docs/quality/2026-12-06-cpu-sweep.md). It keeps one noise draw per image: the four of the
-# unconditional preset (docs/quality/2026-12-07-cpu-sweep.md) were not measured on this pair.
+# unconditional preset (docs/quality/2026-12-07-cpu-sweep.md) moved this pair's FID within the
+# seeds' noise at 1.7x the time, with more near-duplicates (docs/quality/2026-12-07-cpu-epyc-cond-sweep.md).
 PRESETS["digits-cond"] = dict(
     about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
           "generator loss (alpha 1.2), two fake-score updates per generator update and one noise "
