@@ -55,7 +55,7 @@ ABLATIONS = {
     "no-augment": ("without fake-score augmentation", dict(augment=0.0)),
 }
 SUMMARY_KEYS = ("fid", "kid", "fid_test", "precision", "recall", "pixel_fid", "pixel_precision",
-                "pixel_recall", "class_tv", "dup_rate", "label_accuracy")
+                "pixel_recall", "class_tv", "dup_rate", "copying_ct", "label_accuracy")
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -216,7 +216,7 @@ def markdown(results, meta):
               f"precision {floor['precision']:.3f}, recall {floor['recall']:.3f}; pixels: FID "
               f"{floor['pixel_fid']:.3f}, precision {floor['pixel_precision']:.3f}, recall "
               f"{floor['pixel_recall']:.3f}; class TV {floor['class_tv']:.3f}; near-duplicate rate "
-              f"{floor['dup_rate']:.3f} (by construction)", ""]
+              f"{floor['dup_rate']:.3f} and data-copying C_T {floor['copying_ct']:.2f} (both by construction)", ""]
     for kind in ("uncond", "cond"):
         r = results.get(kind)
         if r is None:

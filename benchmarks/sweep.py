@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import pickle
 import sys
 import time
 
@@ -53,6 +54,9 @@ def main():
     ap.add_argument("--data", choices=["none", "train"], default="none",
                     help="real images for the data term (--set data_weight=W): the digits training "
                          "split; the held-out split is never used")
+    ap.add_argument("--save", default=None,
+                    help="folder for the refined G_ema of each run at the last budget, pickled as a "
+                         "plain module (for scoring it later with other figures)")
     ap.add_argument("--log", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,6 +101,11 @@ def main():
                             refine_seconds=round(t_refine, 1), threads=args.threads, cpu=cpu, date=time.strftime("%Y-%m-%d"))
                 if b == budgets[-1]:
                     line["figures"] = _evaluator("cpu", args.num).of_generator(G)
+                    if args.save and which == "ema":
+                        os.makedirs(args.save, exist_ok=True)
+                        name = f"{args.pair}-{args.preset}-s{args.seed}-run{args.set.index(text) if args.set else 0}.pkl"
+                        with open(os.path.join(args.save, name), "wb") as f:
+                            pickle.dump(dict(G_ema=G, set=text, seed=args.seed), f)
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:
                     f.write(json.dumps(line) + "\n")

@@ -19,7 +19,7 @@ import gan_refine  # noqa: F401  (installs dnnlib / torch_utils)
 from gan_refine.compat.dnnlib import util as dl
 from gan_refine.metrics import (FeatureStats, compute_metrics, detectors, frechet_distance,
                                 get_detector, kernel_inception_distance, kid_subsets,
-                                load_ref_stats, precision_recall, quantize,
+                                load_ref_stats, precision_recall, quantize, data_copying,
                                 register_detector_url, save_ref_stats, unregister_detector)
 from gan_refine.metrics.cli import main as metrics_cli
 
@@ -167,6 +167,46 @@ def test_precision_recall_matches_brute_force():
     assert p == pytest.approx(covered(real, radii(real), gen))
     assert r == pytest.approx(covered(gen, radii(gen), real))
     assert precision_recall(real, real, k=k) == (1.0, 1.0)
+
+
+def test_data_copying_z_matches_pair_count():
+    # One cell: C_T is the z-score of the Mann-Whitney U, counted here pair by pair in float64.
+    rng = np.random.default_rng(11)
+    train = rng.standard_normal([40, 2])
+    held_out, gen = rng.standard_normal([30, 2]), rng.standard_normal([50, 2]) * 0.8
+    dist = lambda p: np.array([min(np.linalg.norm(x - t) for t in train) for x in p])  # noqa: E731
+    a, b = dist(held_out), dist(gen)
+    u = sum((bj > ai) + 0.5 * (bj == ai) for ai in a for bj in b)
+    n, m = len(a), len(b)
+    z = (u - n * m / 2) / np.sqrt(n * m * (n + m + 1) / 12)
+    ct, used = data_copying(train, held_out, gen, cells=1, min_per_cell=1)
+    assert ct == pytest.approx(z, rel=1e-9) and used == 1.0
+    # The held-out set scored against itself: U is exactly n*n/2.
+    assert data_copying(train, held_out, held_out, cells=1, min_per_cell=1)[0] == 0.0
+
+
+def test_data_copying_sign_on_known_samplers():
+    # A 5-component Gaussian mixture: a sampler that returns training points with a little noise
+    # copies (C_T well below 0), fresh draws from the same law do not (|C_T| small), and fresh
+    # draws with extra noise lie further from the training set than real data (C_T > 0).
+    rng = np.random.default_rng(12)
+    means = rng.standard_normal([5, 8]) * 4
+
+    def draw(n):
+        return means[rng.integers(0, 5, n)] + rng.standard_normal([n, 8])
+
+    train, held_out = draw(1000), draw(300)
+    copies = train[rng.integers(0, len(train), 2000)] + 0.05 * rng.standard_normal([2000, 8])
+    fresh = [data_copying(train, held_out, draw(2000), cells=5)[0] for _ in range(3)]
+    assert data_copying(train, held_out, copies, cells=5)[0] < -10
+    assert max(abs(f) for f in fresh) < 3.5
+    assert data_copying(train, held_out, draw(2000) + rng.standard_normal([2000, 8]), cells=5)[0] > 4
+    # A sampler that never visits some cells: those cells are left out of C_T.
+    one_mode = means[0] + rng.standard_normal([500, 8])
+    _, used = data_copying(train, held_out, one_mode, cells=5)
+    assert 0 < used < 0.5
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        data_copying(train, held_out[:, :3], copies)
 
 
 # ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ def test_quick_quality_benchmark(tmp_path):
     floor, cond = res["floor"], res["cond"]
     # The near-duplicate threshold is the held-out images' own 5th percentile.
     assert abs(floor["dup_rate"] - 0.05) < 0.01
+    assert floor["copying_ct"] == 0.0   # the held-out images against themselves: U is exactly n*n/2
     start = cond["start"]
     for key in ("precision", "recall", "pixel_precision", "pixel_recall", "label_accuracy"):
         assert 0 <= start[key]["mean"] <= 1

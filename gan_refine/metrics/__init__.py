@@ -18,8 +18,8 @@ from .detectors import (INCEPTION, VGG16, Detector, ModuleDetector, auto_device,
                         register_detector_url, unregister_detector)
 from .protocol import (ALIASES, STANDARD_NUM, default_detector, default_num, metric_detectors,
                        named_results, resolve_metric_names)
-from .stats import (FeatureStats, frechet_distance, kernel_inception_distance, kid_subsets,
-                    precision_recall)
+from .stats import (FeatureStats, data_copying, frechet_distance, kernel_inception_distance,
+                    kid_subsets, precision_recall)
 
 __all__ = [
     "compute_metrics", "compute_feature_stats", "compute_feature_stats_multi", "reference_features",
@@ -31,5 +31,5 @@ __all__ = [
     "detector_names", "load_detector_file", "Detector", "ModuleDetector", "INCEPTION", "VGG16",
     "auto_device",
     "FeatureStats", "frechet_distance", "kernel_inception_distance", "kid_subsets",
-    "precision_recall",
+    "precision_recall", "data_copying",
 ]

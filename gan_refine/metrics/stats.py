@@ -1,4 +1,4 @@
-"""Feature statistics and the distances built on them: FID, KID, precision/recall.
+"""Feature statistics and the distances built on them: FID, KID, precision/recall, data copying.
 
 Everything here works on plain feature matrices (numpy or torch, [N, D]) and is independent of
 the detector that produced them. Means and covariances are accumulated in float64, the way
@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 
 __all__ = ["FeatureStats", "frechet_distance", "kid_subsets", "kernel_inception_distance",
-           "precision_recall"]
+           "precision_recall", "data_copying"]
 
 
 def _as_float64(x):
@@ -222,3 +222,57 @@ def precision_recall(real, gen, k=3, row_batch=512):
     if math.isnan(precision) or math.isnan(recall):
         raise ValueError("precision/recall: non-finite distances")
     return precision, recall
+
+
+def _mann_whitney_z(held_out, gen):
+    """The normal-approximation z of the Mann-Whitney U that counts the (held-out, generated)
+    pairs where the generated value is the larger (ties count a half): negative when the
+    generated values are the smaller ones. No tie correction: the values are distances."""
+    import scipy.stats
+    n, m = len(held_out), len(gen)
+    u = float(scipy.stats.mannwhitneyu(gen, held_out, alternative="two-sided", method="asymptotic").statistic)
+    return (u - n * m / 2.0) / math.sqrt(n * m * (n + m + 1) / 12.0)
+
+
+def data_copying(train, held_out, gen, cells=10, min_per_cell=20, seed=0, row_batch=512):
+    """The data-copying statistic C_T of Meehan, Chaudhuri and Dasgupta (AISTATS 2020).
+
+    Each vector's distance to its nearest training vector is compared between generated vectors
+    and held-out real ones (which the model never saw) inside each of `cells` k-means cells of
+    the training vectors, by the z-score of a Mann-Whitney U test, and the cells' z-scores are
+    averaged with the held-out vectors' share of each cell as weights. Cells with fewer than
+    `min_per_cell` generated vectors (the model rarely goes there) or fewer than 2 held-out ones
+    are left out. Around 0: generated vectors lie as close to the training set as fresh real
+    ones do; clearly negative (about -3 and below): closer, that is the model copies its
+    training data; positive: further away, e.g. blurry or off-manifold samples.
+    Returns (C_T, the held-out share of the cells used).
+    """
+    import scipy.cluster.vq
+    train, held_out, gen = (torch.from_numpy(_as_float64(a)) for a in (train, held_out, gen))
+    if not train.shape[1] == held_out.shape[1] == gen.shape[1]:
+        raise ValueError(f"data_copying: feature sizes differ ({train.shape[1]}, {held_out.shape[1]}, {gen.shape[1]})")
+    if len(train) < cells:
+        raise ValueError(f"data_copying: {cells} cells need at least as many training vectors, got {len(train)}")
+    centroids, _ = scipy.cluster.vq.kmeans2(train.numpy(), cells, minit="++", seed=seed)
+    centroids = torch.from_numpy(centroids)
+
+    def nearest(probes):  # (distance to the nearest training vector, cell index)
+        dist, cell = [], []
+        for s in range(0, len(probes), row_batch):
+            dist.append(torch.cdist(probes[s:s + row_batch], train).min(1).values)
+            cell.append(torch.cdist(probes[s:s + row_batch], centroids).argmin(1))
+        return torch.cat(dist).numpy(), torch.cat(cell).numpy()
+
+    d_test, c_test = nearest(held_out)
+    d_gen, c_gen = nearest(gen)
+    total, weight = 0.0, 0.0
+    for k in range(cells):
+        a, b = d_test[c_test == k], d_gen[c_gen == k]
+        if len(b) < min_per_cell or len(a) < 2:
+            continue
+        share = len(a) / len(d_test)
+        total += share * _mann_whitney_z(a, b)
+        weight += share
+    if weight == 0:
+        raise ValueError(f"data_copying: no cell holds {min_per_cell} generated and 2 held-out vectors")
+    return total / weight, weight
