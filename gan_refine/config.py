@@ -230,17 +230,19 @@ PRESETS = {
                     ema_rampup=0.1, noise_draws=4)),
 }
 # The conditional digits pair: the same, with SiD's generator loss, which helped there (and was
-# neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md), and two
+# neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md), and three
 # fake-score updates per generator update: its gap is coverage, and a fake score that keeps up
-# with the generator's samples helped there (neutral on the unconditional pair;
-# docs/quality/2026-12-06-cpu-sweep.md). It keeps one noise draw per image: the four of the
-# unconditional preset (docs/quality/2026-12-07-cpu-sweep.md) moved this pair's FID within the
-# seeds' noise at 1.7x the time, with more near-duplicates (docs/quality/2026-12-07-cpu-epyc-cond-sweep.md).
+# with the generator's samples helped there. Two beat one (docs/quality/2026-12-06-cpu-sweep.md;
+# neutral on the unconditional pair), and three beat two on every figure on three paired seeds,
+# at 1.4x the time per step (docs/quality/2026-12-08-cpu-epyc-cond-fu3.md). It keeps one noise
+# draw per image: the four of the unconditional preset (docs/quality/2026-12-07-cpu-sweep.md)
+# moved this pair's FID within the seeds' noise at 1.7x the time, with more near-duplicates
+# (docs/quality/2026-12-07-cpu-epyc-cond-sweep.md).
 PRESETS["digits-cond"] = dict(
     about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
-          "generator loss (alpha 1.2), two fake-score updates per generator update and one noise "
+          "generator loss (alpha 1.2), three fake-score updates per generator update and one noise "
           "draw per image",
-    method=dict(PRESETS["digits"]["method"], loss="sid", fake_updates=2, noise_draws=1))
+    method=dict(PRESETS["digits"]["method"], loss="sid", fake_updates=3, noise_draws=1))
 
 
 # Method settings a resumed run may change without breaking the run it continues.
@@ -282,7 +284,7 @@ class RunConfig:
     preset: Optional[str] = _opt(None, "A named bundle of method settings: paper-cifar10 (the official "
                                        "Diff-Instruct values), digits (the best measured on the shipped "
                                        "unconditional digits pair) or digits-cond (the same with SiD's loss and "
-                                       "two fake-score updates per generator update, best on the "
+                                       "three fake-score updates per generator update, best on the "
                                        "conditional pair); options given explicitly win.")
     data: Optional[str] = _opt(None, "Real training images for --data-weight: an image folder, a "
                                      "StyleGAN/EDM dataset zip (labels from its dataset.json) or a .npy/.npz "
