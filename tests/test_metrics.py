@@ -185,6 +185,33 @@ def test_data_copying_z_matches_pair_count():
     assert data_copying(train, held_out, held_out, cells=1, min_per_cell=1)[0] == 0.0
 
 
+def test_data_copying_weights_cells_by_held_out_share():
+    # Three far-apart clusters, so k-means' three cells are the clusters. The held-out images
+    # fall 10 / 30 / 20 into them and the generated ones 50 / 40 / 5: the third cell holds fewer
+    # than min_per_cell generated vectors and is left out; the other two are averaged with
+    # weights 10 and 30.
+    rng = np.random.default_rng(13)
+    centres = np.array([[-40.0, 0.0], [40.0, 0.0], [0.0, 60.0]])
+
+    def around(i, n, scale=1.0):
+        return centres[i] + scale * rng.standard_normal([n, 2])
+
+    train = np.concatenate([around(i, 40) for i in range(3)])
+    parts_h = [around(0, 10), around(1, 30), around(2, 20)]
+    parts_g = [around(0, 50, 0.7), around(1, 40, 1.3), around(2, 5)]
+
+    def z(a_pts, b_pts):
+        dist = lambda p: np.array([min(np.linalg.norm(x - t) for t in train) for x in p])  # noqa: E731
+        a, b = dist(a_pts), dist(b_pts)
+        u = sum((bj > ai) + 0.5 * (bj == ai) for ai in a for bj in b)
+        return (u - len(a) * len(b) / 2) / np.sqrt(len(a) * len(b) * (len(a) + len(b) + 1) / 12)
+
+    expected = (10 * z(parts_h[0], parts_g[0]) + 30 * z(parts_h[1], parts_g[1])) / 40
+    ct, used = data_copying(train, np.concatenate(parts_h), np.concatenate(parts_g), cells=3, min_per_cell=20)
+    assert ct == pytest.approx(expected, rel=1e-9)
+    assert used == pytest.approx(40 / 60)
+
+
 def test_data_copying_sign_on_known_samplers():
     # A 5-component Gaussian mixture: a sampler that returns training points with a little noise
     # copies (C_T well below 0), fresh draws from the same law do not (|C_T| small), and fresh
