@@ -30,6 +30,7 @@ import gan_refine  # noqa: E402
 from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
+from gan_refine.snapshot import atomic_write_bytes  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
 from quality import PAIRS, _evaluator, cpu_model, features, fid_kid, generator_features, parse_set  # noqa: E402
 
@@ -68,7 +69,7 @@ def main():
     gen_name, teacher_name = PAIRS[args.pair]
     gen_data = gan_refine.load_network_pkl(gen_name)
     teacher_data = gan_refine.load_network_pkl(teacher_name)
-    for text in args.set or [""]:
+    for run, text in enumerate(args.set or [""]):
         opts = dict(PRESETS[args.preset]["method"], **parse_set(text))
         data = None if args.data == "none" else (torch.as_tensor(x_train), torch.as_tensor(y_train))
         teacher, fake = teacher_data, None
@@ -102,10 +103,9 @@ def main():
                 if b == budgets[-1]:
                     line["figures"] = _evaluator("cpu", args.num).of_generator(G)
                     if args.save and which == "ema":
-                        os.makedirs(args.save, exist_ok=True)
-                        name = f"{args.pair}-{args.preset}-s{args.seed}-run{args.set.index(text) if args.set else 0}.pkl"
-                        with open(os.path.join(args.save, name), "wb") as f:
-                            pickle.dump(dict(G_ema=G, set=text, seed=args.seed), f)
+                        name = f"{args.pair}-{args.preset}-s{args.seed}-run{run}.pkl"
+                        atomic_write_bytes(os.path.join(args.save, name),
+                                           pickle.dumps(dict(G_ema=G, set=text, seed=args.seed)))
                 print(json.dumps(line), flush=True)
                 with open(args.log, "a") as f:
                     f.write(json.dumps(line) + "\n")
