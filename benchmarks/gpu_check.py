@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import gan_refine  # noqa: E402,F401 - makes torch_utils importable
+from gan_refine.snapshot import atomic_write_text  # noqa: E402
 from torch_utils import custom_ops  # noqa: E402
 from torch_utils.ops import _cuda, bias_act, filtered_lrelu, upfirdn2d  # noqa: E402
 
@@ -398,11 +399,8 @@ def main():
         print("FAILED:", json.dumps(r, default=str, indent=1))
     if args.out:
         base = os.path.splitext(args.out)[0] if args.out.endswith((".md", ".json")) else args.out
-        os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
-        with open(base + ".md", "w") as fh:
-            fh.write(md)
-        with open(base + ".json", "w") as fh:
-            json.dump(result, fh, indent=1, default=str)
+        atomic_write_text(base + ".md", md)
+        atomic_write_text(base + ".json", json.dumps(result, indent=1, default=str))
         print(f"wrote {base}.md and {base}.json")
     print(f"{'PASS' if result['ok'] else 'FAIL'} in {result['seconds']} s (paths of the impl='cuda' calls: "
           f"{result['paths']})")

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_refine  # noqa: E402
 from gan_refine import nets  # noqa: E402
+from gan_refine.snapshot import atomic_write_text  # noqa: E402
 from gpu_check import timed  # noqa: E402  (this folder is sys.path[0] when run as a script)
 
 
@@ -82,10 +83,8 @@ def main():
                      f"{r['speedup_fwd_bwd']:.2f}x |")
     print("\n".join(lines))
     if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(results, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write("\n".join(lines) + "\n")
+        atomic_write_text(args.out + ".json", json.dumps(results, indent=1))
+        atomic_write_text(args.out + ".md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

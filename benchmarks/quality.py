@@ -40,6 +40,7 @@ import gan_refine  # noqa: E402
 from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.compute import GeneratorSource, compute_feature_stats, quantize  # noqa: E402
 from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
+from gan_refine.snapshot import atomic_write_text  # noqa: E402
 
 PAIRS = {"uncond": ("digits", "digits-edm"), "cond": ("digits-cond", "digits-edm-cond")}
 ABLATIONS = {
@@ -391,11 +392,9 @@ def main():
             "total_seconds": time.time() - t_all}
     md = markdown(results, meta)
     print(md)
-    if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
-        with open(args.out + ".md", "w") as f:
-            f.write(md + "\n")
+    if args.out:  # atomic: an interrupted write never leaves half a report over an earlier one
+        atomic_write_text(args.out + ".json", json.dumps({"meta": meta, "results": results}, indent=1))
+        atomic_write_text(args.out + ".md", md + "\n")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import gan_refine  # noqa: E402
 from gan_refine import nets  # noqa: E402
 from gan_refine.adapters import as_generator, as_teacher  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
+from gan_refine.snapshot import atomic_write_text  # noqa: E402
 from quality import cpu_model  # noqa: E402
 
 # The settings both loops use (the documented digits settings; lr does not change the cost).
@@ -741,11 +742,8 @@ def main():
 
     def save():
         if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out + ".md", "w") as f:
-                f.write("\n".join(report) + "\n")
-            with open(args.out + ".json", "w") as f:
-                json.dump(results, f, indent=1, default=str)
+            atomic_write_text(args.out + ".md", "\n".join(report) + "\n")
+            atomic_write_text(args.out + ".json", json.dumps(results, indent=1, default=str))
     if args.cuda_only:
         if device.type != "cuda":
             raise SystemExit("--cuda-only needs a CUDA device")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import gan_refine  # noqa: F401  (installs the dnnlib / torch_utils aliases the networks import)
 from ..nets import stylegan2
+from ..snapshot import atomic_write_text
 from .digits_data import NUM_CLASSES, SPLIT_SEED, load_digits_split
 
 __all__ = ["TrainConfig", "translate", "g_loss", "d_loss", "r1_penalty", "ema_beta", "update_ema",
@@ -336,9 +337,7 @@ def main(argv=None):
     info = train(TrainConfig(**args), out=out, detector=detector)
     print(json.dumps({k: v for k, v in info.items() if k != 'curve'}))
     if info_path:
-        with open(info_path, 'w') as f:
-            json.dump(info, f, indent=1)
-            f.write('\n')
+        atomic_write_text(info_path, json.dumps(info, indent=1) + '\n')
 
 
 if __name__ == '__main__':
