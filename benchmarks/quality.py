@@ -14,7 +14,7 @@ The method settings are the pair's preset (gan_refine.config.PRESETS: `digits` f
 unconditional pair, `digits-cond` for the conditional one, or --preset) unless flags or --set
 change them, so the presets and this benchmark cannot drift apart.
 
-    python benchmarks/quality.py                 # the table of docs/benchmarks.md (about 1 hour on 2 cores)
+    python benchmarks/quality.py                 # the table of docs/benchmarks.md (about 1.5 hours on 2 cores)
     python benchmarks/quality.py --quick         # a smaller version: a few minutes
     python benchmarks/quality.py --data train    # with the real-data term on the training split
 

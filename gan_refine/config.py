@@ -225,19 +225,23 @@ PRESETS = {
         about="the best settings measured on the shipped digits pairs (docs/benchmarks.md): batch "
               "32, generator lr 8e-3 with DMD's per-sample normalisation of the gradient, fake-score "
               "lr 1e-3, 300 fake-score warm-up updates, log-normal sigma centred at 1 (P_mean 0), "
-              "EMA ramp-up 0.1, and four noise draws per generated image in the generator's loss",
+              "EMA ramp-up 0.1, four noise draws per generated image in the generator's loss and two "
+              "fake-score updates per generator update",
         method=dict(batch=32, lr_gen=8e-3, lr_fake=1e-3, fake_warmup=300, P_mean=0.0, normalize="dmd",
-                    ema_rampup=0.1, noise_draws=4)),
+                    ema_rampup=0.1, noise_draws=4, fake_updates=2)),
 }
 # The conditional digits pair: the same, with SiD's generator loss, which helped there (and was
 # neutral on the unconditional pair: docs/quality/2026-12-02-cpu-sweep-cond.md), and three
 # fake-score updates per generator update: its gap is coverage, and a fake score that keeps up
-# with the generator's samples helped there. Two beat one (docs/quality/2026-12-06-cpu-sweep.md;
-# neutral on the unconditional pair), and three beat two on every figure on three paired seeds,
-# at 1.4x the time per step (docs/quality/2026-12-08-cpu-epyc-cond-fu3.md). It keeps one noise
-# draw per image: the four of the unconditional preset (docs/quality/2026-12-07-cpu-sweep.md)
-# moved this pair's FID within the seeds' noise at 1.7x the time, with more near-duplicates
-# (docs/quality/2026-12-07-cpu-epyc-cond-sweep.md).
+# with the generator's samples helped there. Two beat one (docs/quality/2026-12-06-cpu-sweep.md),
+# and three beat two on every figure on three paired seeds, at 1.4x the time per step
+# (docs/quality/2026-12-08-cpu-epyc-cond-fu3.md). It keeps one noise draw per image: the four of
+# the unconditional preset (docs/quality/2026-12-07-cpu-sweep.md) moved this pair's FID within
+# the seeds' noise at 1.7x the time, with more near-duplicates
+# (docs/quality/2026-12-07-cpu-epyc-cond-sweep.md). The unconditional preset's two fake-score
+# updates: with its four noise draws, two left FID within the seeds' noise and raised recall on
+# every seed, in the detector's features and in pixels, at 1.2x the time per step
+# (docs/quality/2026-12-08-cpu-epyc-uncond-fu2.md).
 PRESETS["digits-cond"] = dict(
     about="the best settings measured on the conditional digits pair: the digits preset with SiD's "
           "generator loss (alpha 1.2), three fake-score updates per generator update and one noise "
