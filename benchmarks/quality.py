@@ -40,7 +40,7 @@ import gan_refine  # noqa: E402
 from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.compute import GeneratorSource, compute_feature_stats, quantize  # noqa: E402
 from gan_refine.metrics.stats import frechet_distance, kernel_inception_distance  # noqa: E402
-from gan_refine.snapshot import atomic_write_text  # noqa: E402
+from gan_refine.snapshot import append_jsonl, atomic_write_text  # noqa: E402
 
 PAIRS = {"uncond": ("digits", "digits-edm"), "cond": ("digits-cond", "digits-edm-cond")}
 ABLATIONS = {
@@ -184,14 +184,9 @@ def run_job(job):
         else:
             curve[str(b)] = dict(zip(("fid", "kid"), ev.fid_kid(ev.generator_images(G)[0])))
         if job.get("log"):
-            _log_line(job["log"], dict(pair=job["pair"], label=job["label"], seed=job["seed"], step=b,
-                                       **curve[str(b)]))
+            append_jsonl(job["log"], dict(pair=job["pair"], label=job["label"], seed=job["seed"], step=b,
+                                          **curve[str(b)]))
     return dict(job, curve=curve, seconds=refine_seconds)
-
-
-def _log_line(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------- report
@@ -345,7 +340,7 @@ def main():
         line = f"{time.time() - t_all:7.1f}s {msg}"
         print(line, flush=True)
         if args.log:
-            _log_line(args.log, {"message": line})
+            append_jsonl(args.log, {"message": line})
 
     say(f"{len(jobs)} jobs on {jobs_n} worker(s); settings {methods}")
     done = []

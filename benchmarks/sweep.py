@@ -30,7 +30,7 @@ import gan_refine  # noqa: E402
 from gan_refine.config import PRESETS  # noqa: E402
 from gan_refine.metrics.detectors import get_detector  # noqa: E402
 from gan_refine.refiner import Refiner  # noqa: E402
-from gan_refine.snapshot import atomic_write_bytes  # noqa: E402
+from gan_refine.snapshot import append_jsonl, atomic_write_bytes  # noqa: E402
 from gan_refine.zoo.digits_data import load_digits_split  # noqa: E402
 from quality import PAIRS, _evaluator, cpu_model, features, fid_kid, generator_features, parse_set  # noqa: E402
 
@@ -107,8 +107,7 @@ def main():
                         atomic_write_bytes(os.path.join(args.save, name),
                                            pickle.dumps(dict(G_ema=G, set=text, seed=args.seed)))
                 print(json.dumps(line), flush=True)
-                with open(args.log, "a") as f:
-                    f.write(json.dumps(line) + "\n")
+                append_jsonl(args.log, line)
 
 
 if __name__ == "__main__":
